@@ -1,0 +1,104 @@
+"""Typed settings for every magicme job: one source for the CLI, config files and sidecars.
+
+Each field carries its help text in `metadata["help"]`; the CLI builds its options from
+these dataclasses, and every output's JSON sidecar is `dataclasses.asdict` of them.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+SCHEDULERS = ("ddim", "euler", "euler-ancestral", "dpmpp-2m-karras")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # VCD-SPEC section 2, reference workflow
+
+
+def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
+    return field(metadata={"help": text, "choices": choices}, **kwargs)
+
+
+@dataclass
+class ModelSettings:
+    """Which weights to load and how to place them on the device."""
+
+    base_model: str = _help(
+        "SD-1.5-family weights: a hub id, a local diffusers folder, or a single .safetensors/.ckpt file",
+        default=DEFAULT_BASE_MODEL,
+    )
+    motion_adapter: str = _help(
+        "AnimateDiff motion module: a hub id, a local folder, or a single file (e.g. mm_sd_v15_v2.ckpt)",
+        default=DEFAULT_MOTION_ADAPTER,
+    )
+    motion_lora: str | None = _help(
+        "optional AnimateDiff motion LoRA (hub id, folder or file), e.g. guoyww/animatediff-motion-lora-zoom-in",
+        default=None,
+    )
+    motion_lora_scale: float = _help("weight of the motion LoRA (reference: 0.6)", default=0.6)
+    identities: list[str] = _help(
+        "identity files to load: PATH or NAME=PATH, magicme .safetensors or A1111 .pt; use one in a prompt as <NAME>",
+        default_factory=list,
+    )
+    device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")
+    dtype: str = _help("weights dtype; auto is fp16 on cuda, fp32 elsewhere", choices=DTYPES, default="auto")
+    cpu_offload: bool = _help("keep models on the CPU until used (saves GPU memory, slower)", default=False)
+    vae_slicing: bool = _help("decode the VAE one frame at a time (saves memory)", default=True)
+
+
+@dataclass
+class GenerationSettings:
+    """What to render: prompt, size, sampler and the VCD noise prior."""
+
+    prompt: str = _help(
+        "text prompt; name identities as <NAME>; prompt travel: '0: a <alice> woman walking | 8: ... running'",
+        default="",
+    )
+    negative_prompt: str = _help("what to steer away from", default="")
+    num_frames: int = _help("frames in the clip", default=16)
+    height: int = _help("height in pixels, a multiple of 8", default=512)
+    width: int = _help("width in pixels, a multiple of 8", default=512)
+    num_inference_steps: int = _help("denoising steps", default=25)
+    guidance_scale: float = _help("classifier-free guidance scale", default=7.5)
+    gamma: float = _help(
+        "3D noise prior correlation in [0, 1): 0 is i.i.d. noise; 0.1 is the paper's best; 0.2 freezes motion",
+        default=0.1,
+    )
+    seed: int = _help("random seed; the same seed and settings give the same video", default=0)
+    scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
+    freeu: bool = _help("FreeU with the reference values b1 1.1, b2 1.2, s1 0.9, s2 0.4", default=False)
+    free_init: bool = _help("diffusers' FreeInit (costs one full sampling pass per iteration)", default=False)
+    free_init_iters: int = _help("FreeInit iterations", default=3)
+    free_noise: bool = _help(
+        "diffusers' FreeNoise sliding windows, for clips longer than the motion window", default=False
+    )
+    free_noise_context: int = _help("FreeNoise window length in frames", default=16)
+    free_noise_stride: int = _help("FreeNoise window stride in frames", default=4)
+    fps: int = _help("frames per second of the written video", default=8)
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
+    """Build a settings dataclass, refusing unknown keys so typos cannot pass silently."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON or YAML settings file (a sidecar written by magicme is one)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    return data

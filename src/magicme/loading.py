@@ -1,0 +1,142 @@
+"""Loading an SD-1.5 + AnimateDiff pipeline from hub ids, local folders or single files.
+
+Single-file checkpoints (community fine-tunes such as Realistic Vision, or the original
+`mm_sd_v15_v2.ckpt`) are read with configs shipped in `magicme/configs`, so nothing is
+fetched from a hub when every weight is local.
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AnimateDiffPipeline,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    MotionAdapter,
+    StableDiffusionPipeline,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from safetensors import safe_open
+
+from magicme.config import DTYPES, SCHEDULERS, ModelSettings
+from magicme.identity import install_identities, load_identity
+
+CONFIGS = files("magicme") / "configs"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+# The UNet key of an original-layout (LDM) checkpoint, and the keys that mark its relatives.
+LDM_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+OTHER_FAMILIES = {
+    "conditioner.embedders": "SDXL",
+    "cond_stage_model.model.": "SD 2.x",
+    "model.diffusion_model.joint": "SD 3",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model path or checkpoint cannot be used; the message says what to give instead."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA by default (half the memory, same quality); fp32 where half is slow or absent."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {DTYPES}")
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _is_single_file(source: str) -> bool:
+    return Path(source).suffix in SINGLE_FILE_SUFFIXES
+
+
+def _check_exists(source: str, what: str) -> None:
+    """A path-like source that is missing is a typo, not a hub id: say so before any network call."""
+    looks_local = _is_single_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().exists():
+        raise ModelLoadError(f"{what} {source} does not exist; give a hub id, a local diffusers folder or a file")
+
+
+def check_sd15_checkpoint(path: Path) -> None:
+    """Refuse checkpoints of another family before diffusers fails deep inside conversion."""
+    if path.suffix != ".safetensors":
+        return  # pickled checkpoints are only readable by loading them; diffusers does so safely
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    for prefix, family in OTHER_FAMILIES.items():
+        if any(key.startswith(prefix) for key in keys):
+            raise ModelLoadError(f"{path} is an {family} checkpoint; magicme needs an SD-1.5-family checkpoint")
+    if LDM_UNET_KEY not in keys:
+        raise ModelLoadError(
+            f"{path} is not an SD-1.5 checkpoint in the original single-file layout (no {LDM_UNET_KEY}); "
+            "for a diffusers folder pass the folder itself"
+        )
+
+
+def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
+    _check_exists(source, "motion adapter")
+    if _is_single_file(source):
+        config = str(CONFIGS / "motion_adapter_v15_v2")
+        return MotionAdapter.from_single_file(source, config=config, dtype=dtype)
+    return MotionAdapter.from_pretrained(source, dtype=dtype)
+
+
+def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
+    """Build the T2V pipeline: base SD-1.5 weights, a motion adapter, and the identities to use."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    _check_exists(settings.base_model, "base model")
+    adapter = load_motion_adapter(settings.motion_adapter, dtype)
+    if _is_single_file(settings.base_model):
+        check_sd15_checkpoint(Path(settings.base_model))
+        image_pipe = StableDiffusionPipeline.from_single_file(
+            settings.base_model,
+            config=str(CONFIGS / "sd15"),
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
+    else:
+        pipe = AnimateDiffPipeline.from_pretrained(settings.base_model, motion_adapter=adapter, dtype=dtype)
+    install_identities(pipe, [load_identity(spec) for spec in settings.identities])
+    if settings.motion_lora:
+        _check_exists(settings.motion_lora, "motion LoRA")
+        pipe.load_lora_weights(settings.motion_lora, adapter_name="motion")
+        pipe.set_adapters(["motion"], [settings.motion_lora_scale])
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    if settings.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(desc="denoising", leave=False)
+    return pipe
+
+
+def make_scheduler(name: str, config: dict) -> SchedulerMixin:
+    """The samplers VCD is used with, configured as AnimateDiff recommends (linear betas)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
+    common = {"beta_schedule": "linear", "timestep_spacing": "linspace", "steps_offset": 1}
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, **common)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config, **common)
+    if name == "euler-ancestral":
+        return EulerAncestralDiscreteScheduler.from_config(config, **common)
+    return DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", use_karras_sigmas=True, **common
+    )

@@ -1,0 +1,54 @@
+"""Shared tiny components: built once per test run, offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from magicme.config import GenerationSettings, ModelSettings
+from magicme.identity import Identity, save_identity
+from magicme.loading import load_pipeline
+from magicme.tiny import TEXT_WIDTH, save_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base folder, motion adapter folder) of the tiny model, in the layouts users download."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def identity_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-token identity named 'alice' in magicme's format, for the tiny text encoder."""
+    embeddings = torch.randn(4, TEXT_WIDTH, generator=torch.Generator().manual_seed(1))
+    path = tmp_path_factory.mktemp("identities") / "alice.safetensors"
+    return save_identity(Identity("alice", embeddings, class_word="woman"), path)
+
+
+def load_tiny_pipeline(tiny_model: tuple[Path, Path], identities: list[str]):
+    base, motion = tiny_model
+    return load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=identities))
+
+
+@pytest.fixture
+def make_pipe(tiny_model: tuple[Path, Path]) -> Callable:
+    """A fresh tiny pipeline (identities mutate the tokenizer, so such tests get their own)."""
+    return lambda identities=(): load_tiny_pipeline(tiny_model, list(identities))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model: tuple[Path, Path], identity_file: Path):
+    """One shared tiny pipeline with 'alice' installed, for tests that do not change it."""
+    return load_tiny_pipeline(tiny_model, [str(identity_file)])
+
+
+def quick_settings(**overrides) -> GenerationSettings:
+    """Tiny, fast generation settings: 8 frames of 64x64, 2 steps."""
+    values = {"prompt": "a photo of a cat", "num_frames": 8, "height": 64, "width": 64, "num_inference_steps": 2}
+    return GenerationSettings(**{**values, **overrides})

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from magicme.cli import main
+from magicme.demo import run_demo
+from magicme.video_io import read_video
+
+
+@pytest.fixture
+def model_args(tiny_model, identity_file) -> list[str]:
+    base, motion = tiny_model
+    return ["--base-model", str(base), "--motion-adapter", str(motion), "--identity", str(identity_file)]
+
+
+QUICK = ["--num-frames", "8", "--height", "64", "--width", "48", "--num-inference-steps", "2"]
+
+
+def test_generate_writes_mp4_and_sidecar_that_reproduces_it(tmp_path: Path, model_args: list[str]) -> None:
+    output = tmp_path / "alice.mp4"
+    prompt = ["--prompt", "a photo of <alice> woman on the beach", "--seed", "3"]
+    assert main(["generate", *model_args, *prompt, *QUICK, "-o", str(output)]) == 0
+    frames = read_video(output)
+    assert frames.shape == (8, 3, 64, 48)
+
+    sidecar = json.loads((tmp_path / "alice.json").read_text())
+    assert sidecar["generation"]["seed"] == 3
+    assert sidecar["generation"]["prompt"] == "a photo of <alice> woman on the beach"
+    assert sidecar["model"]["identities"] == [model_args[-1]]
+    assert sidecar["record"]["frames"] == 8
+
+    again = tmp_path / "again.mp4"
+    assert main(["generate", "--config", str(tmp_path / "alice.json"), "-o", str(again)]) == 0
+    assert torch.equal(read_video(again), frames)
+
+
+def test_options_override_the_config_file(tmp_path: Path, model_args: list[str]) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("generation:\n  prompt: a red car\n  num_frames: 8\n  height: 64\n  width: 64\n")
+    output = tmp_path / "frames"
+    argv = ["generate", "--config", str(config), *model_args, "--num-frames", "4", "--num-inference-steps", "1"]
+    assert main([*argv, "-o", str(output)]) == 0
+    assert read_video(output).shape == (4, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt", "a photo of <bob> man"], "unknown identity <bob>"),
+        (["--prompt", "a cat", "--gamma", "1.0"], "gamma must be in"),
+        (["--prompt", "a cat", "--height", "100"], "multiples of 8"),
+        (["--prompt", "a cat", "--identity", "missing.safetensors"], "missing.safetensors does not exist"),
+        (["--prompt", "a cat", "--base-model", "./no/such/model"], "base model ./no/such/model does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    tmp_path: Path, model_args: list[str], capsys, extra: list[str], message: str
+) -> None:
+    assert main(["generate", *model_args, *QUICK, *extra, "-o", str(tmp_path / "x.mp4")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_unknown_config_keys_are_errors(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"generation": {"prompt": "a cat", "num_frame": 8}}))
+    assert main(["generate", "--config", str(config)]) == 2
+    assert "unknown setting(s) ['num_frame']" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_and_examples() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "magicme.cli", "generate", "--help"], capture_output=True, text=True, check=True
+    )
+    for option in ("--gamma", "--identity", "--motion-lora", "--free-init", "--no-freeu", "--config", "examples:"):
+        assert option in result.stdout
+
+
+def test_demo_renders_the_tiny_model(tmp_path: Path) -> None:
+    video = run_demo(tmp_path)
+    assert read_video(video).shape == (16, 3, 128, 128)
+    assert json.loads(video.with_suffix(".json").read_text())["generation"]["gamma"] == 0.1

@@ -1,0 +1,149 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from magicme.config import ModelSettings
+from magicme.generation import generate
+from magicme.loading import ModelLoadError, check_sd15_checkpoint, load_pipeline
+from magicme.noise_prior import sample_noise_prior
+from tests.conftest import quick_settings
+
+
+def first_unet_input(pipe, settings) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        generate(pipe, settings)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_gamma_zero_reproduces_stock_animatediff(tiny_pipe) -> None:
+    settings = quick_settings(gamma=0.0, seed=4)
+    ours = generate(tiny_pipe, settings)
+    stock = tiny_pipe(
+        prompt=settings.prompt,
+        num_frames=8,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(4),
+        output_type="pt",
+    ).frames[0]
+    assert torch.allclose(ours, stock, atol=1e-6)
+    assert not torch.allclose(generate(tiny_pipe, quick_settings(gamma=0.1, seed=4)), stock, atol=1e-3)
+
+
+def test_same_seed_same_frames(tiny_pipe) -> None:
+    first, again = generate(tiny_pipe, quick_settings(seed=9)), generate(tiny_pipe, quick_settings(seed=9))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, generate(tiny_pipe, quick_settings(seed=10)))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-ancestral", "dpmpp-2m-karras"])
+def test_prior_is_scaled_once_by_init_noise_sigma(tiny_pipe, scheduler: str) -> None:
+    settings = quick_settings(scheduler=scheduler, gamma=0.2, seed=2)
+    seen = first_unet_input(tiny_pipe, settings)  # (2, C, F, h, w): CFG doubles the batch
+    prior = sample_noise_prior((1, 4, 8, 8, 8), 0.2, generator=torch.Generator().manual_seed(2))
+    sched = tiny_pipe.scheduler
+    sched.set_timesteps(settings.num_inference_steps)  # back to the first step
+    expected = sched.scale_model_input(prior * sched.init_noise_sigma, sched.timesteps[0])
+    assert torch.allclose(seen[:1], expected, atol=1e-5)
+
+
+def test_frames_are_in_range_and_shaped(tiny_pipe) -> None:
+    frames = generate(tiny_pipe, quick_settings(num_frames=5, height=48, width=72))
+    assert frames.shape == (5, 3, 48, 72)
+    assert frames.min() >= 0 and frames.max() <= 1
+
+
+def test_freeu_changes_the_output(tiny_pipe) -> None:
+    plain = generate(tiny_pipe, quick_settings())
+    assert not torch.allclose(plain, generate(tiny_pipe, quick_settings(freeu=True)))
+    assert torch.equal(plain, generate(tiny_pipe, quick_settings())), "FreeU must switch off again"
+
+
+def test_free_init_runs_a_full_pass_per_iteration(tiny_pipe) -> None:
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        generate(tiny_pipe, quick_settings(free_init=True, free_init_iters=2))
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * 2  # iterations x steps
+
+
+def test_free_noise_renders_longer_than_its_window(tiny_pipe) -> None:
+    settings = quick_settings(num_frames=12, free_noise=True, free_noise_context=8, free_noise_stride=2)
+    frames = generate(tiny_pipe, settings)
+    assert frames.shape[0] == 12
+    generate(tiny_pipe, quick_settings())  # and switches back off
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"height": 100}, "multiples of 8"),
+        ({"gamma": 1.0}, r"gamma must be in \[0, 1\)"),
+        ({"prompt": " "}, "a prompt is needed"),
+        ({"num_frames": 0}, "at least 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(tiny_pipe, overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_pipe, quick_settings(**overrides))
+
+
+def test_missing_model_paths(tiny_model, tmp_path: Path) -> None:
+    base, motion = tiny_model
+    with pytest.raises(ModelLoadError, match=r"base model .* does not exist"):
+        load_pipeline(ModelSettings(base_model=str(tmp_path / "nothing.safetensors"), motion_adapter=str(motion)))
+    with pytest.raises(ModelLoadError, match=r"motion adapter .* does not exist"):
+        load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(tmp_path / "mm.ckpt")))
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("conditioner.embedders.1.model.ln_final.weight", "is an SDXL checkpoint"),
+        ("cond_stage_model.model.ln_final.weight", "is an SD 2.x checkpoint"),
+        ("some.other.weight", "not an SD-1.5 checkpoint"),
+    ],
+)
+def test_checkpoints_of_another_family_are_refused(tmp_path: Path, key: str, message: str) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(1), "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, path)
+    if message.startswith("not"):
+        save_file({key: torch.zeros(1)}, path)
+    with pytest.raises(ModelLoadError, match=message):
+        check_sd15_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def motion_lora(tiny_model, tmp_path_factory) -> Path:
+    """A random LoRA on the motion modules' attention, saved in diffusers' LoRA format."""
+    from diffusers import AnimateDiffPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from tests.conftest import load_tiny_pipeline
+
+    pipe = load_tiny_pipeline(tiny_model, [])
+    torch.manual_seed(0)
+    targets = r".*motion_modules.*\.(to_q|to_k|to_v|to_out\.0)"
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=targets))
+    folder = tmp_path_factory.mktemp("motion_lora")
+    AnimateDiffPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    return folder
+
+
+def test_motion_lora_weight_scales_its_effect(tiny_model, tiny_pipe, motion_lora: Path) -> None:
+    base, motion = tiny_model
+    plain = generate(tiny_pipe, quick_settings(prompt="a cat"))
+    for scale, changes in ((0.0, False), (0.6, True)):
+        settings = ModelSettings(str(base), str(motion), motion_lora=str(motion_lora), motion_lora_scale=scale)
+        frames = generate(load_pipeline(settings), quick_settings(prompt="a cat"))
+        assert torch.allclose(frames, plain, atol=1e-6) != changes

@@ -1,0 +1,119 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from magicme.generation import generate
+from magicme.identity import Identity, IdentityError, load_identity, save_identity
+from magicme.tiny import TEXT_WIDTH
+from tests.conftest import quick_settings
+
+PROMPT = "a photo of <alice> woman"
+BASE_PROMPT = "a photo of woman"
+PLACEHOLDER_AT = 4  # <|startoftext|> a photo of <alice...>
+
+
+def save_a1111(path: Path, embeddings: torch.Tensor) -> Path:
+    """The reference implementation's layout, with the extra keys A1111 writes."""
+    torch.save({"string_to_param": {"*": embeddings}, "name": "ignored", "step": 400}, path)
+    return path
+
+
+def token_ids(pipe, prompt: str) -> list[int]:
+    return pipe.tokenizer(pipe.maybe_convert_prompt(prompt, pipe.tokenizer)).input_ids
+
+
+def test_own_format_round_trip(tmp_path: Path) -> None:
+    embeddings = torch.randn(4, 768)
+    identity = Identity("bob", embeddings, class_word="man", metadata={"steps": 400})
+    loaded = load_identity(save_identity(identity, tmp_path / "bob.safetensors"))
+    assert (loaded.name, loaded.class_word, loaded.metadata) == ("bob", "man", {"steps": 400})
+    assert torch.equal(loaded.embeddings, embeddings)
+    assert loaded.tokens == ["<bob>", "<bob>_1", "<bob>_2", "<bob>_3"]
+    assert not list(tmp_path.glob(".*partial*")), "atomic write left its temporary behind"
+
+
+def test_a1111_file_loads_with_its_stem_and_can_be_renamed(tmp_path: Path) -> None:
+    embeddings = torch.randn(4, 768)
+    path = save_a1111(tmp_path / "carol.pt", embeddings)
+    assert load_identity(path).name == "carol"
+    renamed = load_identity(f"dana={path}")
+    assert renamed.name == "dana" and torch.equal(renamed.embeddings, embeddings)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"string_to_param": {"*": torch.randn(2, 768)}, "payload": Path("x")}, path)
+    with pytest.raises(IdentityError, match="plain-tensor"):
+        load_identity(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [({"foo": torch.zeros(1)}, r"string_to_param"), ({"string_to_param": {"*": torch.zeros(2, 3, 4)}}, r"\(K, D\)")],
+)
+def test_malformed_a1111_files(tmp_path: Path, content: dict, message: str) -> None:
+    path = tmp_path / "bad.pt"
+    torch.save(content, path)
+    with pytest.raises(IdentityError, match=message):
+        load_identity(path)
+
+
+def test_missing_or_unknown_files(tmp_path: Path) -> None:
+    with pytest.raises(IdentityError, match="does not exist"):
+        load_identity(tmp_path / "nobody.safetensors")
+    (tmp_path / "alice.txt").write_text("hi")
+    with pytest.raises(IdentityError, match="unknown identity format"):
+        load_identity(tmp_path / "alice.txt")
+
+
+@pytest.mark.parametrize("layout", ["magicme", "a1111"])
+def test_identity_changes_the_prompt_only_at_its_placeholder(make_pipe, tmp_path: Path, layout: str) -> None:
+    embeddings = torch.randn(4, TEXT_WIDTH, generator=torch.Generator().manual_seed(5))
+    if layout == "magicme":
+        path = save_identity(Identity("alice", embeddings), tmp_path / "alice.safetensors")
+    else:
+        path = save_a1111(tmp_path / "alice.pt", embeddings)
+    pipe = make_pipe([str(path)])
+
+    ids, base_ids = token_ids(pipe, PROMPT), token_ids(pipe, BASE_PROMPT)
+    identity_slice = slice(PLACEHOLDER_AT, PLACEHOLDER_AT + 4)
+    assert ids[:PLACEHOLDER_AT] + ids[identity_slice.stop :] == base_ids
+    assert all(token >= 49408 for token in ids[identity_slice]), "placeholder must expand to the 4 new tokens"
+
+    table = pipe.text_encoder.get_input_embeddings()
+    input_embeddings = table(torch.tensor(ids))
+    assert torch.allclose(input_embeddings[identity_slice], embeddings)
+    assert torch.equal(input_embeddings[:PLACEHOLDER_AT], table(torch.tensor(base_ids[:PLACEHOLDER_AT])))
+
+    # CLIP attends causally: the encoded prompt before the placeholder is untouched, from it on it changes.
+    encoded, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+    base_encoded, _ = pipe.encode_prompt(BASE_PROMPT, "cpu", 1, False)
+    assert torch.allclose(encoded[0, :PLACEHOLDER_AT], base_encoded[0, :PLACEHOLDER_AT], atol=1e-6)
+    assert not torch.allclose(encoded[0, PLACEHOLDER_AT], base_encoded[0, PLACEHOLDER_AT])
+
+
+def test_two_identities_in_one_prompt(make_pipe, identity_file: Path, tmp_path: Path) -> None:
+    bob = save_identity(Identity("bob", torch.randn(2, TEXT_WIDTH)), tmp_path / "bob.safetensors")
+    pipe = make_pipe([str(identity_file), str(bob)])
+    ids = token_ids(pipe, "<alice> and <bob> dancing")
+    vocab = pipe.tokenizer.get_vocab()
+    alice = [vocab[token] for token in ("<alice>", "<alice>_1", "<alice>_2", "<alice>_3")]
+    assert ids[1:5] == alice
+    assert ids[6:8] == [vocab["<bob>"], vocab["<bob>_1"]]
+
+
+def test_wrong_width_names_both_widths(make_pipe, tmp_path: Path) -> None:
+    sdxl_like = save_identity(Identity("wide", torch.randn(4, 1280)), tmp_path / "wide.safetensors")
+    with pytest.raises(IdentityError, match=rf"width 1280.*width is {TEXT_WIDTH}"):
+        make_pipe([str(sdxl_like)])
+
+
+def test_duplicate_names_are_refused(make_pipe, identity_file: Path) -> None:
+    with pytest.raises(IdentityError, match="two identities are named 'alice'"):
+        make_pipe([str(identity_file), str(identity_file)])
+
+
+def test_unknown_placeholder_is_a_clear_error(tiny_pipe) -> None:
+    with pytest.raises(IdentityError, match=r"unknown identity <bob>; loaded: <alice>"):
+        generate(tiny_pipe, quick_settings(prompt="a photo of <bob> man"))

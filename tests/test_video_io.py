@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from magicme.video_io import read_video, save_video
+
+
+def gradient_clip(frames: int = 6, height: int = 40, width: int = 56) -> torch.Tensor:
+    """A smooth moving gradient: compresses well, so mp4 round trips stay close."""
+    y = torch.linspace(0, 1, height)[:, None]
+    x = torch.linspace(0, 1, width)[None, :]
+    clip = [torch.stack(torch.broadcast_tensors((x + t / frames) % 1, y, (x + y) / 2)) for t in range(frames)]
+    return torch.stack(clip)  # (F, 3, H, W)
+
+
+@pytest.mark.parametrize(("name", "tolerance"), [("clip.mp4", 0.05), ("clip.gif", 0.1), ("frames", 1 / 255)])
+def test_round_trip_keeps_count_size_and_content(tmp_path: Path, name: str, tolerance: float) -> None:
+    frames = gradient_clip()
+    back = read_video(save_video(frames, tmp_path / name, fps=8))
+    assert back.shape == frames.shape
+    assert (back - frames).abs().mean() < tolerance
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "clip.webm"
+    path.write_bytes(b"finished work")
+    with pytest.raises(ValueError, match="unknown video format"):
+        save_video(gradient_clip(), path)
+    assert path.read_bytes() == b"finished work"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.webm"]
+
+
+def test_frames_must_be_rgb_frames() -> None:
+    with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
+        save_video(torch.zeros(4, 1, 8, 8), Path("never.mp4"))
