@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,51 @@ def test_motion_lora_weight_scales_its_effect(tiny_model, tiny_pipe, motion_lora
         settings = ModelSettings(str(base), str(motion), motion_lora=str(motion_lora), motion_lora_scale=scale)
         frames = generate(load_pipeline(settings), quick_settings(prompt="a cat"))
         assert torch.allclose(frames, plain, atol=1e-6) != changes
+
+
+def original_motion_layout(adapter) -> dict[str, torch.Tensor]:
+    """A MotionAdapter's weights in AnimateDiff's original file layout (as in mm_sd_v15_v2.ckpt)."""
+    renames = {".attn1": ".attention_blocks.0", ".attn2": ".attention_blocks.1", ".norm1": ".norms.0"}
+    renames |= {".norm2": ".norms.1", ".norm3": ".ff_norm"}
+    state = {}
+    for key, value in adapter.state_dict().items():
+        key = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", key)
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        state[key] = value.contiguous()
+        if key.endswith("attention_blocks.0.to_q.weight"):  # original files carry positional encodings
+            state[key.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, 32, value.shape[1])
+    return state
+
+
+@pytest.mark.parametrize("mid_block", [True, False], ids=["v2", "v1"])
+def test_original_motion_module_files_load_with_the_right_config(monkeypatch, tmp_path: Path, mid_block: bool) -> None:
+    from diffusers import MotionAdapter
+
+    from magicme import loading
+
+    torch.manual_seed(0)
+    adapter = MotionAdapter(
+        block_out_channels=(16, 32),
+        motion_layers_per_block=2,
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=2,
+        use_motion_mid_block=mid_block,
+    )
+    version = "v2" if mid_block else "v1"
+    adapter.save_pretrained(tmp_path / "configs" / f"motion_adapter_v15_{version}")  # tiny stand-in configs
+    monkeypatch.setattr(loading, "CONFIGS", tmp_path / "configs")
+    save_file(original_motion_layout(adapter), tmp_path / "mm.safetensors")
+
+    loaded = loading.load_motion_adapter(str(tmp_path / "mm.safetensors"), torch.float32).state_dict()
+    expected = adapter.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[key], expected[key]) for key in expected)
+
+
+def test_a_file_without_motion_modules_is_refused(tmp_path: Path) -> None:
+    from magicme.loading import load_motion_adapter
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, tmp_path / "sd.safetensors")
+    with pytest.raises(ModelLoadError, match="holds no AnimateDiff motion modules"):
+        load_motion_adapter(str(tmp_path / "sd.safetensors"), torch.float32)

@@ -18,6 +18,7 @@ from diffusers import (
     MotionAdapter,
     StableDiffusionPipeline,
 )
+from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import safe_open
 
@@ -28,6 +29,7 @@ CONFIGS = files("magicme") / "configs"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 # The UNet key of an original-layout (LDM) checkpoint, and the keys that mark its relatives.
 LDM_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+MOTION_MID_BLOCK = "mid_block.motion_modules."  # AnimateDiff v2 and v3 have one, v1 has none
 OTHER_FAMILIES = {
     "conditioner.embedders": "SDXL",
     "cond_stage_model.model.": "SD 2.x",
@@ -86,11 +88,16 @@ def check_sd15_checkpoint(path: Path) -> None:
 
 
 def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
+    """Folders and hub ids carry their config; original files get v1's or v2's by their keys."""
     _check_exists(source, "motion adapter")
-    if _is_single_file(source):
-        config = str(CONFIGS / "motion_adapter_v15_v2")
-        return MotionAdapter.from_single_file(source, config=config, dtype=dtype)
-    return MotionAdapter.from_pretrained(source, dtype=dtype)
+    if not _is_single_file(source):
+        return MotionAdapter.from_pretrained(source, dtype=dtype)
+    checkpoint = load_single_file_checkpoint(source)  # safetensors, or torch.load(weights_only=True)
+    if not any(".motion_modules." in key for key in checkpoint):
+        raise ModelLoadError(f"{source} holds no AnimateDiff motion modules; is it a base model or a LoRA?")
+    version = "v2" if any(key.startswith(MOTION_MID_BLOCK) for key in checkpoint) else "v1"
+    config = str(CONFIGS / f"motion_adapter_v15_{version}")
+    return MotionAdapter.from_single_file(checkpoint, config=config, dtype=dtype)
 
 
 def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
