@@ -52,3 +52,23 @@ def quick_settings(**overrides) -> GenerationSettings:
     """Tiny, fast generation settings: 8 frames of 64x64, 2 steps."""
     values = {"prompt": "a photo of a cat", "num_frames": 8, "height": 64, "width": 64, "num_inference_steps": 2}
     return GenerationSettings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """A real face photo (scikit-image ships it) as a magicme Photo."""
+    import skimage.data
+    from PIL import Image
+
+    from magicme.photos import Photo
+
+    return Photo(Path("astronaut.png"), Image.fromarray(skimage.data.astronaut()), "astronaut")
+
+
+@pytest.fixture(scope="session")
+def astronaut_folder(tmp_path_factory: pytest.TempPathFactory, astronaut) -> Path:
+    """Three different crops of the astronaut: a tiny photo set to learn from."""
+    folder = tmp_path_factory.mktemp("photos")
+    for index, box in enumerate([(0, 0, 512, 512), (20, 0, 500, 480), (60, 10, 460, 410)]):
+        astronaut.image.crop(box).save(folder / f"astronaut{index}.jpg")
+    return folder

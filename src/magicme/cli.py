@@ -2,15 +2,20 @@
 
 import argparse
 import dataclasses
+import logging
 import re
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-from magicme.config import GenerationSettings, ModelSettings, read_config_file
+from magicme.config import GenerationSettings, ModelSettings, TrainingSettings, read_config_file, settings_from_record
 
-SECTIONS = {"model": ModelSettings, "generation": GenerationSettings}
+COMMAND_SECTIONS: dict[str, dict[str, type]] = {
+    "generate": {"model": ModelSettings, "generation": GenerationSettings},
+    "train": {"training": TrainingSettings},
+}
+POSITIONAL = {"photos"}
 GENERATE_EXAMPLES = """\
 examples:
   # a learned identity on real weights (fp16 on a GPU)
@@ -27,10 +32,27 @@ examples:
   # reproduce a video from its sidecar, changing only the seed
   magicme generate --config beach.json --seed 7 -o beach-seed7.mp4
 """
+TRAIN_EXAMPLES = """\
+examples:
+  # learn <alice> from a folder of photos (GroundingDINO + SAM masks, the reference's recipe)
+  magicme train photos/alice --name alice --class-word woman
+
+  # offline masks for people (OpenCV face detection + GrabCut), then check runs/alice/masks.png
+  magicme train photos/alice --name alice --class-word woman --masks offline
+
+  # continue after Ctrl-C or a crash, from the last checkpoint
+  magicme train photos/alice --name alice --class-word woman --resume
+"""
 
 
-def _option_name(name: str) -> str:
-    return "--identity" if name == "identities" else "--" + name.replace("_", "-")
+def option_name(name: str) -> str:
+    """`num_frames` -> `--num-frames`; list fields take one value per use: `identities` -> `--identity`."""
+    return "--" + name.replace("_", "-")
+
+
+def list_option_name(name: str) -> str:
+    singular = name[:-3] + "y" if name.endswith("ies") else name.removesuffix("s")
+    return option_name(singular)
 
 
 def add_settings_options(parser: argparse.ArgumentParser, section: str, cls: type) -> None:
@@ -39,20 +61,22 @@ def add_settings_options(parser: argparse.ArgumentParser, section: str, cls: typ
     hints = typing.get_type_hints(cls)
     for spec in dataclasses.fields(cls):
         default = spec.default if spec.default is not dataclasses.MISSING else "none"
-        kwargs: dict[str, Any] = {
-            "dest": f"{section}:{spec.name}",
-            "default": argparse.SUPPRESS,
-            "help": f"{spec.metadata['help']} (default: {default})",
-        }
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{spec.metadata['help']} (default: {default})"}
         kind = hints[spec.name]
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == list[str]:
-            kwargs.update(action="append", metavar="[NAME=]PATH", help=spec.metadata["help"] + " (repeatable)")
+            kwargs.update(action="append", metavar=list_option_name(spec.name)[2:].upper(), help=spec.metadata["help"])
         else:
             kwargs["type"] = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
             kwargs["choices"] = spec.metadata["choices"]
-        group.add_argument(_option_name(spec.name), **kwargs)
+            kwargs["metavar"] = None if kwargs["choices"] else spec.name.upper()
+        dest = f"{section}:{spec.name}"
+        if spec.name in POSITIONAL:
+            parser.add_argument(dest, nargs="?", **kwargs)
+        else:
+            flag = list_option_name(spec.name) if kind == list[str] else option_name(spec.name)
+            group.add_argument(flag, dest=dest, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,25 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     generate.add_argument("-o", "--output", type=Path, help="video path: .mp4, .gif, or a folder for PNG frames")
-    generate.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
-    for section, cls in SECTIONS.items():
-        add_settings_options(generate, section, cls)
+    train = commands.add_parser(
+        "train",
+        help="learn an identity from a few photos (VCD's ID module)",
+        description="Learn K identity tokens from photos with prompt-to-segmentation masks and a masked loss.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for command, sub in (("generate", generate), ("train", train)):
+        sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
+        for section, cls in COMMAND_SECTIONS[command].items():
+            add_settings_options(sub, section, cls)
     demo = commands.add_parser("demo", help="render the built-in demo on a tiny model, offline, on a CPU")
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
     return parser
 
 
-def collect_settings(args: argparse.Namespace) -> tuple[ModelSettings, GenerationSettings]:
+def collect_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the config file, then the options given on the command line."""
-    from magicme.render import settings_from_record
-
     record = read_config_file(args.config) if args.config else {}
-    record.pop("record", None)
     for key, value in vars(args).items():
         section, _, name = key.partition(":")
         if name:
             record.setdefault(section, {})[name] = value
-    return settings_from_record(record, str(args.config or "options"))
+    return settings_from_record(record, COMMAND_SECTIONS[args.command], str(args.config or "options"))
 
 
 def default_output(generation: GenerationSettings) -> Path:
@@ -97,25 +126,38 @@ def default_output(generation: GenerationSettings) -> Path:
 def run_generate(args: argparse.Namespace) -> None:
     from magicme.render import render
 
-    model, generation = collect_settings(args)
-    output = render(model, generation, args.output or default_output(generation))
-    print(f"video: {output}")
+    settings = collect_settings(args)
+    output = args.output or default_output(settings["generation"])
+    print(f"video: {render(settings['model'], settings['generation'], output)}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from magicme.training import train_identity
+
+    settings = collect_settings(args)["training"]
+    identity = train_identity(settings)
+    prompt = f"a photo of <{settings.name}> {settings.class_word}"
+    print(f"identity: {identity}\nuse it: magicme generate --identity {identity} --prompt '{prompt} ...'")
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
     from magicme.demo import NOTICE, run_demo
 
-    output = run_demo(args.output_dir)
-    print(f"video: {output}\n{NOTICE}")
+    print(f"video: {run_demo(args.output_dir)}\n{NOTICE}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
+    commands = {"generate": run_generate, "train": run_train, "demo": run_demo_command}
     try:
-        {"generate": run_generate, "demo": run_demo_command}[args.command](args)
+        commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:  # our errors say what to do; no traceback needed
         print(f"magicme: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("magicme: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -93,6 +93,17 @@ def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
     return cls(**values)
 
 
+def settings_from_record(record: dict[str, Any], sections: dict[str, type], source: str) -> dict[str, Any]:
+    """Settings objects from a mapping of sections (a config file, a sidecar, or parsed options).
+
+    A sidecar's `record` section (what happened, not what to do) is ignored.
+    """
+    unknown = sorted(set(record) - {*sections, "record"})
+    if unknown:
+        raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
+    return {name: from_mapping(cls, record.get(name, {}), f"{source} [{name}]") for name, cls in sections.items()}
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a JSON or YAML settings file (a sidecar written by magicme is one)."""
     if not path.is_file():
@@ -102,3 +113,48 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
     return data
+
+
+MASK_BACKENDS = ("grounded-sam", "clipseg", "offline", "files", "none")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainingSettings:
+    """How an identity is learned (VCD's ID module); defaults are the reference's."""
+
+    photos: str = _help(
+        "folder of 3 to 20 photos of the subject (masks may sit beside them as NAME.mask.png)", default=""
+    )
+    name: str = _help("identity name, used in prompts as <NAME>", default="")
+    class_word: str = _help("what the subject is: woman, man, person, dog, cat, toy ...", default="person")
+    base_model: str = _help("SD-1.5-family weights to learn on (hub id, folder or file)", default=DEFAULT_BASE_MODEL)
+    output_dir: str | None = _help("run folder (default: runs/NAME)", default=None)
+    num_tokens: int = _help("K, the number of learned tokens (VCD's extended ID tokens)", default=4)
+    init_words: list[str] = _help(
+        "words whose embeddings start the K tokens, repeatable (default: the class word, face, person, photo)",
+        default_factory=list,
+    )
+    masks: str = _help("where subject masks come from", choices=MASK_BACKENDS, default="grounded-sam")
+    mask_prompt: str | None = _help("what to segment (default: the class word)", default=None)
+    mask_models: list[str] = _help(
+        "override the mask models (hub ids or folders): GroundingDINO then SAM, or one CLIPSeg", default_factory=list
+    )
+    whole_image_rate: float = _help("chance a sample trains on the whole photo, not the mask", default=0.05)
+    resolution: int = _help("training size in pixels", default=512)
+    steps: int = _help("optimisation steps", default=400)
+    batch_size: int = _help("photos per step", default=4)
+    learning_rate: float = _help("AdamW learning rate", default=1e-3)
+    noise_offset: float = _help("noise offset (helps very dark or bright photos)", default=0.1)
+    max_grad_norm: float = _help("gradient clipping", default=1.0)
+    seed: int = _help("random seed: the same seed, photos and settings give the same identity", default=0)
+    mixed_precision: str = _help("auto is fp16 on CUDA, none elsewhere", choices=PRECISIONS, default="auto")
+    gradient_checkpointing: bool = _help("trade compute for memory in the UNet", default=False)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps", default=100)
+    validation_every: int = _help("render preview stills every N steps (0: never)", default=100)
+    validation_prompts: list[str] = _help(
+        "preview prompts, repeatable, with <NAME> (default: one portrait prompt)", default_factory=list
+    )
+    lora_rank: int = _help("also train a LoRA of this rank on the UNet attention (0: off; beyond the paper)", default=0)
+    resume: bool = _help("continue from the run folder's last checkpoint", default=False)
+    device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")

@@ -45,8 +45,12 @@ class Identity:
 
     @property
     def tokens(self) -> list[str]:
-        """The K token strings diffusers registers for a multi-vector embedding."""
-        return [self.placeholder] + [f"{self.placeholder}_{i}" for i in range(1, len(self.embeddings))]
+        return identity_tokens(self.name, len(self.embeddings))
+
+
+def identity_tokens(name: str, count: int) -> list[str]:
+    """The K token strings diffusers registers for a multi-vector embedding: <alice>, <alice>_1, ..."""
+    return [f"<{name}>"] + [f"<{name}>_{i}" for i in range(1, count)]
 
 
 def save_identity(identity: Identity, path: Path) -> Path:
@@ -61,6 +65,25 @@ def save_identity(identity: Identity, path: Path) -> Path:
     }
     with atomic_path(path) as partial:
         save_file({"embeddings": identity.embeddings.detach().float().cpu().contiguous()}, partial, metadata)
+    return path
+
+
+def export_a1111(identity: Identity, path: Path) -> Path:
+    """The A1111/ComfyUI layout (plain tensors, strings and ints: loads with weights_only=True)."""
+    state = {
+        "string_to_param": {"*": identity.embeddings.detach().float().cpu().contiguous()},
+        "name": identity.name,
+        "step": int(identity.metadata.get("steps_trained", 0)),
+    }
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
+    return path
+
+
+def export_diffusers(identity: Identity, path: Path) -> Path:
+    """A file for diffusers' `pipe.load_textual_inversion(path)`: one (K, D) tensor keyed by `<NAME>`."""
+    with atomic_path(path) as partial:
+        save_file({identity.placeholder: identity.embeddings.detach().float().cpu().contiguous()}, partial)
     return path
 
 
@@ -84,12 +107,17 @@ def load_identity(spec: str | Path) -> Identity:
 
 
 def _load_safetensors(path: Path) -> Identity:
+    """magicme's format, or a diffusers textual-inversion file holding one tensor."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT or "embeddings" not in handle.keys():  # noqa: SIM118 (no __contains__)
+        keys = list(handle.keys())
+        if metadata.get("format") != FORMAT and len(keys) == 1:
+            name = keys[0].strip("<>") or path.stem
+            return Identity(name, _as_matrix(handle.get_tensor(keys[0]), path))
+        if metadata.get("format") != FORMAT or "embeddings" not in keys:
             raise IdentityError(
-                f"{path} is not a magicme identity (no 'embeddings' tensor with format={FORMAT} metadata); "
-                "A1111/ComfyUI embeddings are read from their .pt files"
+                f"{path} is neither a magicme identity (an 'embeddings' tensor with format={FORMAT} metadata) "
+                "nor a one-tensor diffusers textual-inversion file"
             )
         embeddings = handle.get_tensor("embeddings")
     return Identity(

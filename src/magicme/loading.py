@@ -100,24 +100,26 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
     return MotionAdapter.from_single_file(checkpoint, config=config, dtype=dtype)
 
 
+def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """The SD-1.5 image model (text encoder, UNet, VAE) from a hub id, a folder or a single file."""
+    _check_exists(base_model, "base model")
+    if not _is_single_file(base_model):
+        return StableDiffusionPipeline.from_pretrained(
+            base_model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    check_sd15_checkpoint(Path(base_model))
+    return StableDiffusionPipeline.from_single_file(
+        base_model, config=str(CONFIGS / "sd15"), dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+
+
 def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     """Build the T2V pipeline: base SD-1.5 weights, a motion adapter, and the identities to use."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    _check_exists(settings.base_model, "base model")
+    image_pipe = load_image_pipeline(settings.base_model, dtype)
     adapter = load_motion_adapter(settings.motion_adapter, dtype)
-    if _is_single_file(settings.base_model):
-        check_sd15_checkpoint(Path(settings.base_model))
-        image_pipe = StableDiffusionPipeline.from_single_file(
-            settings.base_model,
-            config=str(CONFIGS / "sd15"),
-            dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
-        pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
-    else:
-        pipe = AnimateDiffPipeline.from_pretrained(settings.base_model, motion_adapter=adapter, dtype=dtype)
+    pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
     install_identities(pipe, [load_identity(spec) for spec in settings.identities])
     if settings.motion_lora:
         _check_exists(settings.motion_lora, "motion LoRA")

@@ -5,30 +5,17 @@ import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-from magicme.config import GenerationSettings, ModelSettings, from_mapping
+from magicme.config import GenerationSettings, ModelSettings
 from magicme.files import write_json
 from magicme.generation import check_generation_settings, generate
 from magicme.loading import load_pipeline
 from magicme.video_io import save_video
 
-SECTIONS = ("model", "generation")
-
 
 def sidecar_path(video: Path) -> Path:
     """`clip.mp4` -> `clip.json`; a PNG folder `clip` -> `clip.json`."""
     return video.with_name(video.stem + ".json")
-
-
-def settings_from_record(record: dict[str, Any], source: str) -> tuple[ModelSettings, GenerationSettings]:
-    """Read settings back from a sidecar or config file with `model` and `generation` sections."""
-    unknown = sorted(set(record) - {*SECTIONS, "record"})
-    if unknown:
-        raise ValueError(f"{source}: unknown section(s) {unknown}; expected {list(SECTIONS)}")
-    model = from_mapping(ModelSettings, record.get("model", {}), f"{source} [model]")
-    generation = from_mapping(GenerationSettings, record.get("generation", {}), f"{source} [generation]")
-    return model, generation
 
 
 def render(model: ModelSettings, generation: GenerationSettings, output: Path) -> Path:

@@ -1,0 +1,281 @@
+"""VCD's ID module: learn K token embeddings of a subject from a few masked photos.
+
+Only the K new rows of the text encoder's token table train. They enter through a
+`torch.nn.utils.parametrize` parametrization of the table (frozen table with the K rows
+swapped in), so the UNet, the VAE and every other weight stay bit-identical and the
+optimizer holds K x D numbers. The loss is epsilon-prediction MSE weighted by the
+subject mask at latent resolution and normalised by its area (Magic-Me, section 3.1).
+"""
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from magicme.augment import augment
+from magicme.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
+from magicme.config import TrainingSettings
+from magicme.files import write_json
+from magicme.identity import Identity, export_a1111, export_diffusers, identity_tokens, save_identity
+from magicme.loading import load_image_pipeline
+from magicme.masks import contact_sheet, prepare_masks
+from magicme.photos import Photo, load_photos
+
+log = logging.getLogger("magicme")
+
+CAPTION = "photo of a {tokens} {class_word}"
+GENERIC_INIT_WORDS = ("face", "person", "photo")
+ROWS = "identity_rows"
+
+
+class IdentityRows(nn.Module):
+    """Parametrization of the token table: the frozen table with K trainable rows swapped in."""
+
+    def __init__(self, token_ids: torch.Tensor, initial_rows: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.rows = nn.Parameter(initial_rows.detach().clone().float())
+
+    def forward(self, table: torch.Tensor) -> torch.Tensor:
+        return table.index_put((self.token_ids,), self.rows.to(table.dtype))
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, S, S) in [-1, 1]
+    masks: torch.Tensor  # (B, 1, S, S) in {0, 1}
+    captions: list[str]
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE over the mask, normalised by its area (x channels), averaged over the batch."""
+    squared = (prediction.float() - target.float()) ** 2 * mask  # (B, C, h, w)
+    area = mask.sum(dim=(1, 2, 3)) * prediction.shape[1]
+    return (squared.sum(dim=(1, 2, 3)) / area.clamp(min=1)).mean()
+
+
+def init_words(settings: TrainingSettings) -> list[str]:
+    words = settings.init_words or [settings.class_word, *GENERIC_INIT_WORDS]
+    return [words[i % len(words)] for i in range(settings.num_tokens)]
+
+
+def add_identity_tokens(pipe: StableDiffusionPipeline, tokens: list[str], words: list[str]) -> IdentityRows:
+    """Register the K tokens, start each row at its init word's embedding, make only those rows train."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    clashes = [token for token in tokens if token in tokenizer.get_vocab()]
+    if clashes:
+        raise ValueError(f"tokens {clashes} already exist in the tokenizer; choose another --name")
+    table = text_encoder.get_input_embeddings()
+    starts = []
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"init word {word!r} has no tokens; use a plain word such as the class word")
+        starts.append(table.weight[ids].mean(dim=0))  # a word of several tokens starts at their mean
+    tokenizer.add_tokens(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    text_encoder.requires_grad_(False)
+    token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens), device=text_encoder.device)
+    rows = IdentityRows(token_ids, torch.stack(starts))
+    parametrize.register_parametrization(text_encoder.get_input_embeddings(), "weight", rows)
+    return rows
+
+
+def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSettings, caption: str, generator) -> Batch:
+    """Pick photos, augment each with its mask; a few samples train on the whole photo."""
+    picks = torch.randint(len(masked), (settings.batch_size,), generator=generator).tolist()
+    samples = [augment(masked[i][0].image, masked[i][1], settings.resolution, generator) for i in picks]
+    whole = torch.rand(settings.batch_size, generator=generator) < settings.whole_image_rate
+    masks = torch.stack([torch.ones_like(s.mask) if w else s.mask for s, w in zip(samples, whole, strict=True)])
+    return Batch(torch.stack([s.pixels for s in samples]), masks, [s.caption_prefix + caption for s in samples])
+
+
+def training_loss(
+    pipe: StableDiffusionPipeline, text_encoder: nn.Module, batch: Batch, settings: TrainingSettings, generator
+) -> torch.Tensor:
+    """One forward pass of the ID module's objective (`text_encoder` as accelerate prepared it)."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch.pixels.to(device, dtype)).latent_dist.sample(generator)
+        latents = latents.float() * pipe.vae.config.scaling_factor  # (B, 4, h, w)
+    noise = randn_tensor(latents.shape, generator=generator, device=device)
+    noise = noise + settings.noise_offset * randn_tensor((*latents.shape[:2], 1, 1), generator=generator, device=device)
+    steps = pipe.scheduler.config.num_train_timesteps
+    timesteps = torch.randint(steps, (latents.shape[0],), generator=generator).to(device)
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    ids = pipe.tokenizer(
+        batch.captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
+    ).input_ids
+    text = text_encoder(torch.tensor(ids, device=device))[0]
+    prediction = pipe.unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+    latent_mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
+    return masked_loss(prediction, noise, latent_mask)
+
+
+def run_folder(settings: TrainingSettings) -> Path:
+    return Path(settings.output_dir or Path("runs") / settings.name)
+
+
+def check_training_settings(settings: TrainingSettings) -> None:
+    if not settings.name or not settings.photos:
+        raise ValueError("training needs a photo folder and --name, e.g. magicme train photos/ --name alice")
+    if settings.resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8, got {settings.resolution}")
+    if settings.num_tokens < 1 or settings.steps < 1 or settings.batch_size < 1:
+        raise ValueError("num_tokens, steps and batch_size must be at least 1")
+    has_checkpoints = (run_folder(settings) / "checkpoints").is_dir()
+    if has_checkpoints and not settings.resume:
+        raise ValueError(
+            f"{run_folder(settings)} already holds a training run; pass --resume to continue it "
+            "or --output-dir to start a new one"
+        )
+
+
+def load_training_pipeline(settings: TrainingSettings, accelerator: Accelerator) -> StableDiffusionPipeline:
+    """The frozen image model in the accelerator's precision, with the reference's DDPM schedule."""
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe = load_image_pipeline(settings.base_model, torch.float32)
+    pipe.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+    pipe.unet.requires_grad_(False).to(accelerator.device, weight_dtype)
+    pipe.vae.requires_grad_(False).to(accelerator.device, weight_dtype)
+    pipe.text_encoder.to(accelerator.device)  # stays fp32: its K rows are what trains
+    if settings.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, step: int, run_dir: Path) -> None:
+    """A still per validation prompt, same seed each time, so previews show training progress."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    components = {**pipe.components, "scheduler": scheduler}
+    preview = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    preview.set_progress_bar_config(disable=True)
+    prompts = settings.validation_prompts or [f"a photo of <{settings.name}> {settings.class_word}, portrait"]
+    for index, prompt in enumerate(prompts):
+        generator = torch.Generator().manual_seed(settings.seed)
+        size = settings.resolution
+        image = preview(prompt, height=size, width=size, num_inference_steps=25, generator=generator).images[0]
+        (run_dir / "previews").mkdir(parents=True, exist_ok=True)
+        image.save(run_dir / "previews" / f"step-{step:06d}-{index}.png")
+
+
+class IdentityTrainer:
+    """The frozen model, the K trainable rows, their optimizer and the one generator all randomness uses."""
+
+    def __init__(self, settings: TrainingSettings, masked: list, accelerator: Accelerator) -> None:
+        self.settings, self.masked, self.accelerator = settings, masked, accelerator
+        self.pipe = load_training_pipeline(settings, accelerator)
+        self.tokens = identity_tokens(settings.name, settings.num_tokens)
+        self.rows = add_identity_tokens(self.pipe, self.tokens, init_words(settings))
+        self.caption = CAPTION.format(tokens=" ".join(self.tokens), class_word=settings.class_word)
+        optimizer = torch.optim.AdamW(self.rows.parameters(), lr=settings.learning_rate)
+        self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, optimizer)
+        self.generator = torch.Generator().manual_seed(settings.seed + accelerator.process_index)
+        self.step_count = 0
+
+    def step(self) -> float:
+        """One optimisation step; returns its loss."""
+        batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
+        with self.accelerator.autocast():
+            loss = training_loss(self.pipe, self.text_encoder, batch, self.settings, self.generator)
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.rows.parameters(), self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.step_count += 1
+        return loss.item()
+
+    def state(self) -> Checkpoint:
+        return Checkpoint(
+            self.step_count, {ROWS: self.rows.rows}, self.optimizer.state_dict(), self.generator.get_state()
+        )
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        with torch.no_grad():
+            self.rows.rows.copy_(checkpoint.tensors[ROWS])
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.generator.set_state(checkpoint.generator_state)
+        self.step_count = checkpoint.step
+
+    def identity(self) -> Identity:
+        settings = self.settings
+        metadata = {"base_model": settings.base_model, "steps_trained": self.step_count}
+        metadata["training"] = dataclasses.asdict(settings)
+        return Identity(settings.name, self.rows.rows.detach().float().cpu(), settings.class_word, metadata)
+
+
+def train_identity(settings: TrainingSettings) -> Path:
+    """Learn an identity; returns the path of its magicme identity file (exports lie beside it)."""
+    # 1. Check inputs and prepare the run folder
+    check_training_settings(settings)
+    run_dir = run_folder(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"training": dataclasses.asdict(settings)}, run_dir / "run.json")
+    accelerator = Accelerator(mixed_precision=resolve_precision(settings), cpu=settings.device == "cpu")
+    identity_path = run_dir / f"{settings.name}.safetensors"
+
+    # 2. Photos and their subject masks, with a contact sheet to check before training
+    photos = load_photos(Path(settings.photos), settings.resolution)
+    prompt = settings.mask_prompt or settings.class_word
+    models = tuple(settings.mask_models)
+    masked = prepare_masks(photos, settings.masks, prompt, run_dir / "masks", models, str(accelerator.device))
+    log.info(
+        "mask contact sheet: %s (check it before trusting the identity)", contact_sheet(masked, run_dir / "masks.png")
+    )
+
+    # 3. Model with K trainable token rows, resumed from the last checkpoint when asked
+    trainer = IdentityTrainer(settings, masked, accelerator)
+    checkpoint = load_latest_checkpoint(run_dir) if settings.resume else None
+    if checkpoint:
+        trainer.restore(checkpoint)
+        log.info("resuming %s from step %d", run_dir, checkpoint.step)
+
+    def save() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir, trainer.state())
+            save_identity(trainer.identity(), identity_path)
+
+    # 4. The training loop: Ctrl-C saves a checkpoint that --resume continues from
+    main = accelerator.is_main_process
+    progress = tqdm(total=settings.steps, initial=trainer.step_count, desc="learning identity", disable=not main)
+    try:
+        while trainer.step_count < settings.steps:
+            loss = trainer.step()
+            progress.update()
+            progress.set_postfix(loss=f"{loss:.4f}")
+            step = trainer.step_count
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                save()
+            if settings.validation_every and step % settings.validation_every == 0 and main:
+                render_previews(trainer.pipe, settings, step, run_dir)
+    except KeyboardInterrupt:
+        save()
+        log.warning("interrupted at step %d; checkpoint saved: continue with --resume", trainer.step_count)
+        raise
+    finally:
+        progress.close()
+
+    # 5. Identity files: magicme's, plus A1111/ComfyUI and diffusers exports
+    final = trainer.identity()
+    save_identity(final, identity_path)
+    export_a1111(final, run_dir / f"{settings.name}.pt")
+    export_diffusers(final, run_dir / f"{settings.name}.diffusers.safetensors")
+    return identity_path
+
+
+def resolve_precision(settings: TrainingSettings) -> str:
+    if settings.mixed_precision != "auto":
+        return settings.mixed_precision
+    return "fp16" if torch.cuda.is_available() and settings.device != "cpu" else "no"

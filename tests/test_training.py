@@ -1,0 +1,194 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from magicme import training
+from magicme.cli import main
+from magicme.config import TrainingSettings
+from magicme.identity import load_identity
+from magicme.masks import prepare_masks
+from magicme.photos import load_photos
+from magicme.training import IdentityTrainer, draw_batch, masked_loss, train_identity, training_loss
+from magicme.video_io import read_video
+
+
+@pytest.fixture
+def settings(tiny_model, astronaut_folder: Path, tmp_path: Path) -> TrainingSettings:
+    """Fast settings on the tiny model: 64 px, batch 2, offline masks, no previews."""
+    return TrainingSettings(
+        photos=str(astronaut_folder),
+        name="astro",
+        class_word="woman",
+        base_model=str(tiny_model[0]),
+        output_dir=str(tmp_path / "run"),
+        masks="offline",
+        resolution=64,
+        steps=4,
+        batch_size=2,
+        checkpoint_every=2,
+        validation_every=0,
+    )
+
+
+def make_trainer(settings: TrainingSettings, tmp_path: Path) -> IdentityTrainer:
+    photos = load_photos(Path(settings.photos), settings.resolution)
+    masked = prepare_masks(photos, settings.masks, settings.class_word, tmp_path / "masks")
+    return IdentityTrainer(settings, masked, Accelerator(cpu=True))
+
+
+def test_masked_loss_ignores_the_background_and_normalises_by_area() -> None:
+    generator = torch.Generator().manual_seed(0)
+    prediction = torch.randn(2, 4, 8, 8, generator=generator, requires_grad=True)
+    target = torch.randn(2, 4, 8, 8, generator=generator)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    loss = masked_loss(prediction, target, mask)
+    (gradient,) = torch.autograd.grad(loss, prediction)
+
+    outside = (1 - mask).bool().expand_as(target)
+    changed_target = target.clone()
+    changed_target[outside] = 100.0
+    changed_prediction = prediction.detach().clone()
+    changed_prediction[outside] = -100.0
+    changed_prediction.requires_grad_(True)
+    changed_loss = masked_loss(changed_prediction, changed_target, mask)
+    (changed_gradient,) = torch.autograd.grad(changed_loss, changed_prediction)
+    assert torch.equal(loss, changed_loss) and torch.equal(gradient, changed_gradient)
+    assert (gradient[outside] == 0).all()
+
+    inside = mask.bool().expand_as(target)
+    expected = ((prediction - target) ** 2)[inside].reshape(2, -1).mean(dim=1).mean()
+    assert torch.allclose(loss, expected), "the loss is the mean error over the mask's area"
+
+
+def test_only_the_k_rows_change(settings: TrainingSettings, tmp_path: Path) -> None:
+    trainer = make_trainer(settings, tmp_path)
+    pipe = trainer.pipe
+    frozen = {
+        name: {key: value.clone() for key, value in module.state_dict().items()}
+        for name, module in (("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder))
+    }
+    start = trainer.rows.rows.detach().clone()
+    for _ in range(3):
+        trainer.step()
+    rows = "embeddings.token_embedding.parametrizations.weight.0.rows"
+    for name, module in (("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder)):
+        after = module.state_dict()
+        changed = [key for key, value in frozen[name].items() if not torch.equal(value, after[key])]
+        expected = [key for key in frozen[name] if key.endswith(".rows")]  # the K trainable rows, nothing else
+        assert changed == expected and len(expected) == (name == "text_encoder"), (name, changed)
+    assert [name for name, p in pipe.text_encoder.named_parameters() if p.requires_grad] == [rows]
+    assert not torch.equal(trainer.rows.rows, start)
+    table = pipe.text_encoder.get_input_embeddings().weight  # the parametrized view
+    ids = pipe.tokenizer.convert_tokens_to_ids(trainer.tokens)
+    assert torch.equal(table[ids], trainer.rows.rows)
+    original = frozen["text_encoder"]["embeddings.token_embedding.parametrizations.weight.original"]
+    assert torch.equal(table[: ids[0]], original[: ids[0]])
+
+
+def test_rows_start_from_the_init_words(settings: TrainingSettings, tmp_path: Path) -> None:
+    trainer = make_trainer(dataclasses.replace(settings, init_words=["cat", "dog"]), tmp_path)
+    table = trainer.pipe.text_encoder.get_input_embeddings().parametrizations.weight.original
+    vocab = trainer.pipe.tokenizer.get_vocab()
+    expected = table[[vocab["cat</w>"], vocab["dog</w>"], vocab["cat</w>"], vocab["dog</w>"]]]
+    assert torch.equal(trainer.rows.rows.detach(), expected)
+
+
+def test_loss_drops_over_steps(settings: TrainingSettings, tmp_path: Path) -> None:
+    trainer = make_trainer(dataclasses.replace(settings, masks="none", batch_size=4, learning_rate=1e-2), tmp_path)
+
+    @torch.no_grad()
+    def held_out_loss() -> float:  # the same 8 draws every time: a paired comparison
+        generator = torch.Generator().manual_seed(1234)
+        batches = [draw_batch(trainer.masked, trainer.settings, trainer.caption, generator) for _ in range(8)]
+        losses = [training_loss(trainer.pipe, trainer.text_encoder, b, trainer.settings, generator) for b in batches]
+        return float(torch.stack(losses).mean())
+
+    before = held_out_loss()
+    for _ in range(20):
+        trainer.step()
+    after = held_out_loss()
+    assert after < before - 0.005, f"loss did not drop: {before:.4f} -> {after:.4f}"
+
+
+def test_run_writes_identity_exports_masks_and_checkpoints(settings: TrainingSettings) -> None:
+    settings = dataclasses.replace(settings, validation_every=2)
+    identity_path = train_identity(settings)
+    run = Path(settings.output_dir)
+    identity = load_identity(identity_path)
+    assert identity.name == "astro" and identity.class_word == "woman"
+    assert identity.embeddings.shape == (4, 32) and identity.metadata["steps_trained"] == 4
+    assert torch.equal(load_identity(run / "astro.pt").embeddings, identity.embeddings)
+    assert torch.equal(load_identity(run / "astro.diffusers.safetensors").embeddings, identity.embeddings)
+    assert (run / "masks.png").is_file() and len(list((run / "masks").glob("*.png"))) == 3
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-000002-0.png", "step-000004-0.png"]
+
+
+def test_exports_load_in_diffusers_with_the_same_vectors(settings: TrainingSettings, make_pipe) -> None:
+    identity = load_identity(train_identity(settings))
+    run = Path(settings.output_dir)
+    for export in ("astro.pt", "astro.diffusers.safetensors"):
+        pipe = make_pipe()
+        pipe.load_textual_inversion(str(run / export), token="<astro>")
+        ids = pipe.tokenizer.convert_tokens_to_ids(identity.tokens)
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], identity.embeddings), export
+
+
+def test_resume_equals_an_uninterrupted_run(settings: TrainingSettings, tmp_path: Path) -> None:
+    straight = load_identity(train_identity(settings)).embeddings
+    halves = dataclasses.replace(settings, output_dir=str(tmp_path / "halves"))
+    train_identity(dataclasses.replace(halves, steps=2))
+    resumed = load_identity(train_identity(dataclasses.replace(halves, resume=True))).embeddings
+    assert torch.equal(straight, resumed)
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resumes(settings: TrainingSettings, tmp_path: Path, monkeypatch) -> None:
+    straight = load_identity(train_identity(dataclasses.replace(settings, checkpoint_every=100))).embeddings
+    interrupted = dataclasses.replace(settings, output_dir=str(tmp_path / "interrupted"), checkpoint_every=100)
+    real_step = IdentityTrainer.step
+
+    def step_then_interrupt(self):
+        if self.step_count == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(IdentityTrainer, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_identity(interrupted)
+    assert (Path(interrupted.output_dir) / "checkpoints" / "step-000003").is_dir()
+    assert load_identity(Path(interrupted.output_dir) / "astro.safetensors").metadata["steps_trained"] == 3
+    monkeypatch.undo()
+    resumed = load_identity(train_identity(dataclasses.replace(interrupted, resume=True))).embeddings
+    assert torch.equal(straight, resumed)
+
+
+def test_an_existing_run_is_not_overwritten(settings: TrainingSettings) -> None:
+    train_identity(settings)
+    with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
+        train_identity(settings)
+
+
+def test_cli_train_then_generate_with_the_identity(settings: TrainingSettings, tiny_model, tmp_path: Path) -> None:
+    run = tmp_path / "cli-run"
+    train_args = [settings.photos, "--name", "astro", "--class-word", "woman", "--base-model", settings.base_model]
+    train_args += ["--output-dir", str(run), "--masks", "offline", "--resolution", "64", "--steps", "2"]
+    assert main(["train", *train_args, "--batch-size", "1", "--validation-every", "0"]) == 0
+    video = tmp_path / "astro.gif"
+    generate = ["--base-model", str(tiny_model[0]), "--motion-adapter", str(tiny_model[1])]
+    generate += ["--identity", str(run / "astro.safetensors"), "--prompt", "a photo of <astro> woman waving"]
+    generate += ["--num-frames", "4", "--height", "64", "--width", "64", "--num-inference-steps", "1"]
+    assert main(["generate", *generate, "-o", str(video)]) == 0
+    assert read_video(video).shape == (4, 3, 64, 64)
+
+
+def test_training_needs_photos_and_a_name(capsys) -> None:
+    assert main(["train", "--name", "x"]) == 2
+    assert "needs a photo folder and --name" in capsys.readouterr().err
+
+
+def test_module_reads_as_documented() -> None:
+    assert training.CAPTION.format(tokens="<a> <a>_1", class_word="dog") == "photo of a <a> <a>_1 dog"
