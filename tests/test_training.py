@@ -104,7 +104,10 @@ def test_loss_drops_over_steps(settings: TrainingSettings, tmp_path: Path) -> No
     def held_out_loss() -> float:  # the same 8 draws every time: a paired comparison
         generator = torch.Generator().manual_seed(1234)
         batches = [draw_batch(trainer.masked, trainer.settings, trainer.caption, generator) for _ in range(8)]
-        losses = [training_loss(trainer.pipe, trainer.text_encoder, b, trainer.settings, generator) for b in batches]
+        losses = [
+            training_loss(trainer.pipe, trainer.text_encoder, trainer.unet, b, trainer.settings, generator)
+            for b in batches
+        ]
         return float(torch.stack(losses).mean())
 
     before = held_out_loss()
@@ -192,3 +195,27 @@ def test_training_needs_photos_and_a_name(capsys) -> None:
 
 def test_module_reads_as_documented() -> None:
     assert training.CAPTION.format(tokens="<a> <a>_1", class_word="dog") == "photo of a <a> <a>_1 dog"
+
+
+def test_identity_lora_trains_saves_and_loads_with_the_identity(settings: TrainingSettings, make_pipe) -> None:
+    from magicme.generation import generate
+    from tests.conftest import quick_settings
+
+    identity_path = train_identity(dataclasses.replace(settings, lora_rank=2, steps=2, lora_learning_rate=1e-2))
+    run = Path(settings.output_dir)
+    assert load_identity(identity_path).lora == run / "astro.lora.safetensors"
+    prompt = quick_settings(prompt="a photo of <astro> woman")
+    with_lora = generate(make_pipe([str(identity_path)]), prompt)
+    tokens_only = generate(make_pipe([f"astro={run / 'astro.diffusers.safetensors'}"]), prompt)
+    assert not torch.allclose(with_lora, tokens_only, atol=1e-4), "the identity's LoRA must take effect"
+
+    resumed = dataclasses.replace(settings, lora_rank=2, steps=3, lora_learning_rate=1e-2, resume=True)
+    assert load_identity(train_identity(resumed)).metadata["steps_trained"] == 3
+
+
+def test_gradient_checkpointing_gives_the_same_step(settings: TrainingSettings, tmp_path: Path) -> None:
+    plain = make_trainer(settings, tmp_path / "plain")
+    checkpointed = make_trainer(dataclasses.replace(settings, gradient_checkpointing=True), tmp_path / "checkpointed")
+    assert checkpointed.pipe.unet.is_gradient_checkpointing
+    assert plain.step() == pytest.approx(checkpointed.step(), abs=1e-6)
+    assert torch.allclose(plain.rows.rows, checkpointed.rows.rows, atol=1e-6)

@@ -156,5 +156,6 @@ class TrainingSettings:
         "preview prompts, repeatable, with <NAME> (default: one portrait prompt)", default_factory=list
     )
     lora_rank: int = _help("also train a LoRA of this rank on the UNet attention (0: off; beyond the paper)", default=0)
+    lora_learning_rate: float = _help("AdamW learning rate of that LoRA", default=1e-4)
     resume: bool = _help("continue from the run folder's last checkpoint", default=False)
     device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")

@@ -38,6 +38,7 @@ class Identity:
     embeddings: torch.Tensor  # (K, D)
     class_word: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    lora: Path | None = None  # a UNet LoRA trained with the tokens (diffusers format), if any
 
     @property
     def placeholder(self) -> str:
@@ -101,6 +102,10 @@ def load_identity(spec: str | Path) -> Identity:
         raise IdentityError(f"{path}: unknown identity format; use a magicme .safetensors or an A1111 .pt file")
     if name:
         identity.name = name
+    if lora_file := identity.metadata.get("lora"):
+        identity.lora = path.parent / lora_file
+        if not identity.lora.is_file():
+            raise IdentityError(f"{path} was trained with a LoRA, expected as {identity.lora}; it is missing")
     if not PLACEHOLDER.fullmatch(identity.placeholder):
         raise IdentityError(f"{path}: identity name {identity.name!r} must be letters, digits, '_' or '-'")
     return identity
@@ -149,7 +154,7 @@ def _as_matrix(embeddings: torch.Tensor, path: Path) -> torch.Tensor:
 
 
 def install_identities(pipe: Any, identities: list[Identity]) -> None:
-    """Add each identity's K tokens to the pipeline's tokenizer and text encoder."""
+    """Add each identity's K tokens to the pipeline's tokenizer and text encoder (and its LoRA, if any)."""
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     names = [identity.name for identity in identities]
     for identity in identities:
@@ -164,6 +169,12 @@ def install_identities(pipe: Any, identities: list[Identity]) -> None:
         if identity.placeholder in pipe.tokenizer.get_vocab():
             raise IdentityError(f"identity {identity.placeholder} is already loaded in this pipeline")
         pipe.load_textual_inversion(identity.embeddings, token=identity.placeholder)
+        if identity.lora:
+            pipe.load_lora_weights(str(identity.lora), adapter_name=lora_adapter_name(identity))
+
+
+def lora_adapter_name(identity: Identity) -> str:
+    return "identity_" + identity.name.replace("-", "_")
 
 
 def check_placeholders(prompt: str, loaded: list[str]) -> None:

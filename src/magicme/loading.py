@@ -23,7 +23,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import safe_open
 
 from magicme.config import DTYPES, SCHEDULERS, ModelSettings
-from magicme.identity import install_identities, load_identity
+from magicme.identity import install_identities, load_identity, lora_adapter_name
 
 CONFIGS = files("magicme") / "configs"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -120,11 +120,15 @@ def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     image_pipe = load_image_pipeline(settings.base_model, dtype)
     adapter = load_motion_adapter(settings.motion_adapter, dtype)
     pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
-    install_identities(pipe, [load_identity(spec) for spec in settings.identities])
+    identities = [load_identity(spec) for spec in settings.identities]
+    install_identities(pipe, identities)
+    adapters = {lora_adapter_name(identity): 1.0 for identity in identities if identity.lora}
     if settings.motion_lora:
         _check_exists(settings.motion_lora, "motion LoRA")
         pipe.load_lora_weights(settings.motion_lora, adapter_name="motion")
-        pipe.set_adapters(["motion"], [settings.motion_lora_scale])
+        adapters["motion"] = settings.motion_lora_scale
+    if adapters:
+        pipe.set_adapters(list(adapters), list(adapters.values()))
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
     if settings.cpu_offload:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from magicme.augment import augment
 from magicme.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
 from magicme.config import TrainingSettings
-from magicme.files import write_json
+from magicme.files import atomic_path, write_json
 from magicme.identity import Identity, export_a1111, export_diffusers, identity_tokens, save_identity
 from magicme.loading import load_image_pipeline
 from magicme.masks import contact_sheet, prepare_masks
@@ -32,6 +32,8 @@ from magicme.photos import Photo, load_photos
 log = logging.getLogger("magicme")
 
 CAPTION = "photo of a {tokens} {class_word}"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_PREFIX = "lora."
 GENERIC_INIT_WORDS = ("face", "person", "photo")
 ROWS = "identity_rows"
 
@@ -99,10 +101,15 @@ def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSetti
 
 
 def training_loss(
-    pipe: StableDiffusionPipeline, text_encoder: nn.Module, batch: Batch, settings: TrainingSettings, generator
+    pipe: StableDiffusionPipeline,
+    text_encoder: nn.Module,
+    unet: nn.Module,
+    batch: Batch,
+    settings: TrainingSettings,
+    generator: torch.Generator,
 ) -> torch.Tensor:
-    """One forward pass of the ID module's objective (`text_encoder` as accelerate prepared it)."""
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them)."""
+    device, dtype = pipe.vae.device, pipe.vae.dtype
     with torch.no_grad():
         latents = pipe.vae.encode(batch.pixels.to(device, dtype)).latent_dist.sample(generator)
         latents = latents.float() * pipe.vae.config.scaling_factor  # (B, 4, h, w)
@@ -115,7 +122,7 @@ def training_loss(
         batch.captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
     ).input_ids
     text = text_encoder(torch.tensor(ids, device=device))[0]
-    prediction = pipe.unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+    prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
     latent_mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
     return masked_loss(prediction, noise, latent_mask)
 
@@ -171,6 +178,17 @@ def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, s
         image.save(run_dir / "previews" / f"step-{step:06d}-{index}.png")
 
 
+def add_unet_lora(unet: nn.Module, rank: int) -> list[nn.Parameter]:
+    """A LoRA on the UNet's attention projections (peft), trained in fp32 whatever the UNet's dtype."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
+    for parameter in parameters:
+        parameter.data = parameter.data.float()
+    return parameters
+
+
 class IdentityTrainer:
     """The frozen model, the K trainable rows, their optimizer and the one generator all randomness uses."""
 
@@ -180,8 +198,14 @@ class IdentityTrainer:
         self.tokens = identity_tokens(settings.name, settings.num_tokens)
         self.rows = add_identity_tokens(self.pipe, self.tokens, init_words(settings))
         self.caption = CAPTION.format(tokens=" ".join(self.tokens), class_word=settings.class_word)
-        optimizer = torch.optim.AdamW(self.rows.parameters(), lr=settings.learning_rate)
-        self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, optimizer)
+        groups = [{"params": list(self.rows.parameters()), "lr": settings.learning_rate}]
+        if settings.lora_rank:
+            groups.append(
+                {"params": add_unet_lora(self.pipe.unet, settings.lora_rank), "lr": settings.lora_learning_rate}
+            )
+        self.trainable = [parameter for group in groups for parameter in group["params"]]
+        self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, torch.optim.AdamW(groups))
+        self.unet = accelerator.prepare(self.pipe.unet) if settings.lora_rank else self.pipe.unet
         self.generator = torch.Generator().manual_seed(settings.seed + accelerator.process_index)
         self.step_count = 0
 
@@ -189,22 +213,34 @@ class IdentityTrainer:
         """One optimisation step; returns its loss."""
         batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
         with self.accelerator.autocast():
-            loss = training_loss(self.pipe, self.text_encoder, batch, self.settings, self.generator)
+            loss = training_loss(self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator)
         self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.rows.parameters(), self.settings.max_grad_norm)
+        self.accelerator.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step_count += 1
         return loss.item()
 
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The UNet LoRA's weights in diffusers' naming, or nothing when none trains."""
+        if not self.settings.lora_rank:
+            return {}
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet))
+
     def state(self) -> Checkpoint:
-        return Checkpoint(
-            self.step_count, {ROWS: self.rows.rows}, self.optimizer.state_dict(), self.generator.get_state()
-        )
+        tensors = {ROWS: self.rows.rows} | {LORA_PREFIX + k: v for k, v in self.lora_state().items()}
+        return Checkpoint(self.step_count, tensors, self.optimizer.state_dict(), self.generator.get_state())
 
     def restore(self, checkpoint: Checkpoint) -> None:
         with torch.no_grad():
             self.rows.rows.copy_(checkpoint.tensors[ROWS])
+        if self.settings.lora_rank:
+            from peft.utils import set_peft_model_state_dict
+
+            lora = {k.removeprefix(LORA_PREFIX): v for k, v in checkpoint.tensors.items() if k.startswith(LORA_PREFIX)}
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.generator.set_state(checkpoint.generator_state)
         self.step_count = checkpoint.step
@@ -212,8 +248,23 @@ class IdentityTrainer:
     def identity(self) -> Identity:
         settings = self.settings
         metadata = {"base_model": settings.base_model, "steps_trained": self.step_count}
+        if settings.lora_rank:
+            metadata["lora"] = f"{settings.name}.lora.safetensors"
         metadata["training"] = dataclasses.asdict(settings)
         return Identity(settings.name, self.rows.rows.detach().float().cpu(), settings.class_word, metadata)
+
+    def save(self, run_dir: Path) -> Path:
+        """Write the identity file (and its LoRA beside it) as they stand now."""
+        identity = self.identity()
+        if lora_file := identity.metadata.get("lora"):
+            from diffusers.utils import convert_state_dict_to_diffusers
+
+            lora = convert_state_dict_to_diffusers(self.lora_state())
+            with atomic_path(run_dir / lora_file) as partial:
+                StableDiffusionPipeline.save_lora_weights(
+                    Path(partial).parent, unet_lora_layers=lora, weight_name=Path(partial).name
+                )
+        return save_identity(identity, run_dir / f"{self.settings.name}.safetensors")
 
 
 def train_identity(settings: TrainingSettings) -> Path:
@@ -224,7 +275,6 @@ def train_identity(settings: TrainingSettings) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json({"training": dataclasses.asdict(settings)}, run_dir / "run.json")
     accelerator = Accelerator(mixed_precision=resolve_precision(settings), cpu=settings.device == "cpu")
-    identity_path = run_dir / f"{settings.name}.safetensors"
 
     # 2. Photos and their subject masks, with a contact sheet to check before training
     photos = load_photos(Path(settings.photos), settings.resolution)
@@ -245,7 +295,7 @@ def train_identity(settings: TrainingSettings) -> Path:
     def save() -> None:
         if accelerator.is_main_process:
             save_checkpoint(run_dir, trainer.state())
-            save_identity(trainer.identity(), identity_path)
+            trainer.save(run_dir)
 
     # 4. The training loop: Ctrl-C saves a checkpoint that --resume continues from
     main = accelerator.is_main_process
@@ -267,11 +317,10 @@ def train_identity(settings: TrainingSettings) -> Path:
     finally:
         progress.close()
 
-    # 5. Identity files: magicme's, plus A1111/ComfyUI and diffusers exports
-    final = trainer.identity()
-    save_identity(final, identity_path)
-    export_a1111(final, run_dir / f"{settings.name}.pt")
-    export_diffusers(final, run_dir / f"{settings.name}.diffusers.safetensors")
+    # 5. Identity files: magicme's (with its LoRA), plus A1111/ComfyUI and diffusers exports
+    identity_path = trainer.save(run_dir)
+    export_a1111(trainer.identity(), run_dir / f"{settings.name}.pt")
+    export_diffusers(trainer.identity(), run_dir / f"{settings.name}.diffusers.safetensors")
     return identity_path
 
 
