@@ -117,3 +117,74 @@ def test_augment_moves_photo_and_mask_together(astronaut: Photo) -> None:
     same = augment(Image.fromarray(painted), mask, 64, torch.Generator().manual_seed(3))
     again = augment(Image.fromarray(painted), mask, 64, torch.Generator().manual_seed(3))
     assert torch.equal(same.pixels, again.pixels) and same.caption_prefix == again.caption_prefix
+
+
+@pytest.fixture(scope="module")
+def tiny_grounded_sam(tmp_path_factory) -> tuple[Path, Path]:
+    """Random tiny GroundingDINO (Swin + BERT) and SAM, with processors, as local folders."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SamConfig,
+        SamImageProcessor,
+        SamModel,
+        SamProcessor,
+        SwinConfig,
+    )
+
+    detector_dir, sam_dir = tmp_path_factory.mktemp("grounding-dino"), tmp_path_factory.mktemp("sam")
+    torch.manual_seed(0)
+    swin = SwinConfig(
+        embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=4, image_size=128, out_indices=[2, 3, 4]
+    )
+    bert = BertConfig(vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    detector = GroundingDinoConfig(
+        backbone_config=swin,
+        text_config=bert,
+        d_model=32,  # GroupNorm(32, d_model) inside
+        encoder_layers=1,
+        decoder_layers=2,  # the box heads tie layer 0 to the others
+        num_queries=10,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+    )
+    GroundingDinoForObjectDetection(detector).save_pretrained(detector_dir)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "woman", "person", "dog", "a"]
+    (detector_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128})
+    tokenizer = BertTokenizer(str(detector_dir / "vocab.txt"))
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(detector_dir)
+
+    vision = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16}
+    vision |= {"image_size": 64, "patch_size": 8, "output_channels": 16, "global_attn_indexes": [0], "mlp_dim": 16}
+    prompt = {"hidden_size": 16, "image_embedding_size": 8, "mask_input_channels": 4, "image_size": 64}
+    decoder = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "mlp_dim": 16}
+    sam = SamConfig(
+        vision_config={**vision, "num_pos_feats": 8},
+        prompt_encoder_config={**prompt, "patch_size": 8, "num_point_embeddings": 4},
+        mask_decoder_config={**decoder, "iou_head_hidden_dim": 8},
+    )
+    SamModel(sam).save_pretrained(sam_dir)
+    sam_images = SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+    SamProcessor(image_processor=sam_images).save_pretrained(sam_dir)
+    return detector_dir, sam_dir
+
+
+def test_grounded_sam_backend_runs_on_tiny_models(tiny_grounded_sam, astronaut: Photo) -> None:
+    detector, sam = tiny_grounded_sam
+    mask = make_mask_backend("grounded-sam", (str(detector), str(sam)))(astronaut, "woman")
+    assert mask.shape == (512, 512) and mask.dtype == bool
+
+
+def test_grounded_sam_needs_two_models() -> None:
+    with pytest.raises(ValueError, match="grounded-sam needs two models"):
+        make_mask_backend("grounded-sam", ("only-one",))
