@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from magicme.cli import build_parser
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
@@ -10,8 +12,9 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make demo" in head and "make test" in head
 
 
-def test_readme_documents_every_generate_option() -> None:
-    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
-    options = {flag for action in generate._actions for flag in action.option_strings if flag.startswith("--")}
+@pytest.mark.parametrize("command", ["generate", "train"])
+def test_readme_documents_every_option(command: str) -> None:
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    options = {flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")}
     missing = sorted(option for option in options if f"`{option}`" not in README and option != "--help")
     assert not missing, f"README lacks {missing}"

@@ -6,17 +6,20 @@ The Python API in a few names; heavy modules load on first use so `import magicm
     pipe = magicme.load_pipeline(magicme.ModelSettings(identities=["alice.safetensors"]))
     frames = magicme.generate(pipe, magicme.GenerationSettings(prompt="a photo of <alice> woman"))
     magicme.save_video(frames, "alice.mp4")
+
+    magicme.train_identity(magicme.TrainingSettings(photos="photos/alice", name="alice", class_word="woman"))
 """
 
 from importlib import import_module
 from typing import Any
 
-from magicme.config import GenerationSettings, ModelSettings
+from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
 
 __all__ = [
     "GenerationSettings",
     "Identity",
     "ModelSettings",
+    "TrainingSettings",
     "generate",
     "load_identity",
     "load_pipeline",
@@ -24,6 +27,7 @@ __all__ = [
     "sample_noise_prior",
     "save_identity",
     "save_video",
+    "train_identity",
 ]
 
 _LAZY = {
@@ -35,6 +39,7 @@ _LAZY = {
     "render": "magicme.render",
     "sample_noise_prior": "magicme.noise_prior",
     "save_video": "magicme.video_io",
+    "train_identity": "magicme.training",
 }
 
 
