@@ -72,3 +72,23 @@ def astronaut_folder(tmp_path_factory: pytest.TempPathFactory, astronaut) -> Pat
     for index, box in enumerate([(0, 0, 512, 512), (20, 0, 500, 480), (60, 10, 460, 410)]):
         astronaut.image.crop(box).save(folder / f"astronaut{index}.jpg")
     return folder
+
+
+def record_unet_calls(pipe, settings: GenerationSettings) -> list[tuple[tuple, dict]]:
+    """Generate once and return every (args, kwargs) the UNet was called with, inputs cloned."""
+    from magicme.generation import generate
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def clone(value):
+        return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+    def hook(module, args, kwargs):
+        calls.append((tuple(map(clone, args)), {key: clone(value) for key, value in kwargs.items()}))
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        generate(pipe, settings)
+    finally:
+        handle.remove()
+    return calls

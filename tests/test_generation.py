@@ -9,17 +9,7 @@ from magicme.config import ModelSettings
 from magicme.generation import generate
 from magicme.loading import ModelLoadError, check_sd15_checkpoint, load_pipeline
 from magicme.noise_prior import sample_noise_prior
-from tests.conftest import quick_settings
-
-
-def first_unet_input(pipe, settings) -> torch.Tensor:
-    seen: list[torch.Tensor] = []
-    handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    try:
-        generate(pipe, settings)
-    finally:
-        handle.remove()
-    return seen[0]
+from tests.conftest import quick_settings, record_unet_calls
 
 
 def test_gamma_zero_reproduces_stock_animatediff(tiny_pipe) -> None:
@@ -47,7 +37,7 @@ def test_same_seed_same_frames(tiny_pipe) -> None:
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-ancestral", "dpmpp-2m-karras"])
 def test_prior_is_scaled_once_by_init_noise_sigma(tiny_pipe, scheduler: str) -> None:
     settings = quick_settings(scheduler=scheduler, gamma=0.2, seed=2)
-    seen = first_unet_input(tiny_pipe, settings)  # (2, C, F, h, w): CFG doubles the batch
+    seen = record_unet_calls(tiny_pipe, settings)[0][0][0]  # (2, C, F, h, w): CFG doubles the batch
     prior = sample_noise_prior((1, 4, 8, 8, 8), 0.2, generator=torch.Generator().manual_seed(2))
     sched = tiny_pipe.scheduler
     sched.set_timesteps(settings.num_inference_steps)  # back to the first step
@@ -68,12 +58,7 @@ def test_freeu_changes_the_output(tiny_pipe) -> None:
 
 
 def test_free_init_runs_a_full_pass_per_iteration(tiny_pipe) -> None:
-    calls = []
-    handle = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
-    try:
-        generate(tiny_pipe, quick_settings(free_init=True, free_init_iters=2))
-    finally:
-        handle.remove()
+    calls = record_unet_calls(tiny_pipe, quick_settings(free_init=True, free_init_iters=2))
     assert len(calls) == 2 * 2  # iterations x steps
 
 

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from magicme.generation import generate
 from magicme.prompts import parse_prompt_schedule
-from tests.conftest import quick_settings
+from tests.conftest import quick_settings, record_unet_calls
 
 
 def test_plain_prompt_is_not_a_schedule() -> None:
@@ -31,17 +30,7 @@ def test_bad_schedules(text: str, message: str) -> None:
 
 def capture_text_conditioning(pipe, settings) -> torch.Tensor:
     """The per-frame text embeddings the UNet receives at its first call: (2F, 77, D)."""
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args, kwargs):
-        seen.append(kwargs["encoder_hidden_states"].detach().clone())
-
-    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        generate(pipe, settings)
-    finally:
-        handle.remove()
-    return seen[0]
+    return record_unet_calls(pipe, settings)[0][1]["encoder_hidden_states"]
 
 
 def test_prompt_travel_gives_each_frame_its_own_embedding(tiny_pipe) -> None:
