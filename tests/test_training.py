@@ -219,3 +219,11 @@ def test_gradient_checkpointing_gives_the_same_step(settings: TrainingSettings, 
     assert checkpointed.pipe.unet.is_gradient_checkpointing
     assert plain.step() == pytest.approx(checkpointed.step(), abs=1e-6)
     assert torch.allclose(plain.rows.rows, checkpointed.rows.rows, atol=1e-6)
+
+
+def test_previews_can_include_a_short_clip(settings: TrainingSettings, tiny_model) -> None:
+    settings = dataclasses.replace(settings, steps=2, validation_every=2, validation_motion_adapter=str(tiny_model[1]))
+    train_identity(settings)
+    previews = Path(settings.output_dir) / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == ["step-000002-0.mp4", "step-000002-0.png"]
+    assert read_video(previews / "step-000002-0.mp4").shape == (8, 3, 64, 64)

@@ -155,6 +155,10 @@ class TrainingSettings:
     validation_prompts: list[str] = _help(
         "preview prompts, repeatable, with <NAME> (default: one portrait prompt)", default_factory=list
     )
+    validation_motion_adapter: str | None = _help(
+        "also preview a short clip per prompt through T2V VCD with this motion adapter (id, folder or file)",
+        default=None,
+    )
     lora_rank: int = _help("also train a LoRA of this rank on the UNet attention (0: off; beyond the paper)", default=0)
     lora_learning_rate: float = _help("AdamW learning rate of that LoRA", default=1e-4)
     resume: bool = _help("continue from the run folder's last checkpoint", default=False)

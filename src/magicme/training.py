@@ -162,7 +162,7 @@ def load_training_pipeline(settings: TrainingSettings, accelerator: Accelerator)
 
 @torch.no_grad()
 def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, step: int, run_dir: Path) -> None:
-    """A still per validation prompt, same seed each time, so previews show training progress."""
+    """A still (and optionally a short clip) per validation prompt, same seed each time, to watch progress."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
@@ -170,12 +170,34 @@ def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, s
     preview = StableDiffusionPipeline(**components, requires_safety_checker=False)
     preview.set_progress_bar_config(disable=True)
     prompts = settings.validation_prompts or [f"a photo of <{settings.name}> {settings.class_word}, portrait"]
+    folder = run_dir / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    size = settings.resolution
     for index, prompt in enumerate(prompts):
         generator = torch.Generator().manual_seed(settings.seed)
-        size = settings.resolution
         image = preview(prompt, height=size, width=size, num_inference_steps=25, generator=generator).images[0]
-        (run_dir / "previews").mkdir(parents=True, exist_ok=True)
-        image.save(run_dir / "previews" / f"step-{step:06d}-{index}.png")
+        image.save(folder / f"step-{step:06d}-{index}.png")
+    if settings.validation_motion_adapter:
+        render_preview_clips(preview, settings, prompts, folder / f"step-{step:06d}")
+
+
+def render_preview_clips(preview: StableDiffusionPipeline, settings: TrainingSettings, prompts, stem: Path) -> None:
+    """8-frame clips through T2V VCD, sharing the live text encoder (so the current tokens)."""
+    from diffusers import AnimateDiffPipeline
+
+    from magicme.config import GenerationSettings
+    from magicme.generation import generate
+    from magicme.loading import load_motion_adapter
+    from magicme.video_io import save_video
+
+    adapter = load_motion_adapter(settings.validation_motion_adapter, preview.unet.dtype)
+    video_pipe = AnimateDiffPipeline.from_pipe(preview, motion_adapter=adapter).to(preview.device)
+    video_pipe.set_progress_bar_config(disable=True)
+    for index, prompt in enumerate(prompts):
+        clip = GenerationSettings(
+            prompt=prompt, num_frames=8, height=settings.resolution, width=settings.resolution, seed=settings.seed
+        )
+        save_video(generate(video_pipe, clip), stem.with_name(f"{stem.name}-{index}.mp4"), fps=clip.fps)
 
 
 def add_unet_lora(unet: nn.Module, rank: int) -> list[nn.Parameter]:
