@@ -9,12 +9,25 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from magicme.config import GenerationSettings, ModelSettings, TrainingSettings, read_config_file, settings_from_record
+from magicme.config import (
+    EditSettings,
+    FaceSettings,
+    GenerationSettings,
+    ModelSettings,
+    TrainingSettings,
+    UpscaleSettings,
+    read_config_file,
+    settings_from_record,
+)
 
 COMMAND_SECTIONS: dict[str, dict[str, type]] = {
     "generate": {"model": ModelSettings, "generation": GenerationSettings},
     "train": {"training": TrainingSettings},
+    "refine-face": {"model": ModelSettings, "refine_face": FaceSettings},
+    "upscale": {"model": ModelSettings, "upscale": UpscaleSettings},
+    "edit": {"model": ModelSettings, "edit": EditSettings},
 }
+VIDEO_COMMANDS = {"refine-face": "face", "upscale": "upscaled", "edit": "edited"}  # command -> output suffix
 POSITIONAL = {"photos"}
 GENERATE_EXAMPLES = """\
 examples:
@@ -43,6 +56,53 @@ examples:
   # continue after Ctrl-C or a crash, from the last checkpoint
   magicme train photos/alice --name alice --class-word woman --resume
 """
+STAGE_EXAMPLES = """\
+examples:
+  magicme refine-face clip.mp4 --identity alice.safetensors --prompt "close up photo of <alice> woman, detailed face"
+  magicme upscale clip-face.mp4 --identity alice.safetensors --prompt "a photo of <alice> woman on the beach"
+  magicme edit dance.mp4 --identity alice.safetensors --prompt "a photo of <alice> woman dancing" --strength 0.6
+"""
+RUN_EXAMPLE = """\
+example config (YAML; every section but model/output_dir is a stage, skipped when absent):
+  output_dir: runs/alice-beach
+  model: {base_model: stable-diffusion-v1-5/stable-diffusion-v1-5}
+  train: {photos: photos/alice, name: alice, class_word: woman}
+  generate: {prompt: "a photo of <alice> woman walking on the beach"}
+  refine_face: {prompt: "close up photo of <alice> woman, detailed face"}
+  upscale: {prompt: "a photo of <alice> woman walking on the beach"}
+"""
+COMMANDS = {
+    "generate": (
+        "render a video of learned identities from a prompt (T2V VCD)",
+        "Render a video with SD-1.5 + AnimateDiff started from VCD's 3D Gaussian noise prior.",
+        GENERATE_EXAMPLES,
+    ),
+    "train": (
+        "learn an identity from a few photos (VCD's ID module)",
+        "Learn K identity tokens from photos with prompt-to-segmentation masks and a masked loss.",
+        TRAIN_EXAMPLES,
+    ),
+    "refine-face": (
+        "sharpen the face of a video with its identity (Face VCD)",
+        "Detect the face through the clip, re-denoise it large as video with the identity prompt, paste it back.",
+        STAGE_EXAMPLES,
+    ),
+    "upscale": (
+        "upscale a video and refine it tile by tile (Tiled VCD)",
+        "Upscale, then denoise as video tile by tile at low strength with the identity prompt.",
+        STAGE_EXAMPLES,
+    ),
+    "edit": (
+        "put an identity into an existing video (SDEdit)",
+        "Re-noise an existing video and denoise it with the identity prompt, 16 frames at a time.",
+        STAGE_EXAMPLES,
+    ),
+    "run": (
+        "photos to finished video in one command, resumable (train, generate, refine-face, upscale)",
+        "Run the stages a config names, skipping those already done with the same settings and input.",
+        RUN_EXAMPLE,
+    ),
+}
 
 
 def option_name(name: str) -> str:
@@ -84,22 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="magicme", description="Identity-specific video generation (Video Custom Diffusion, Magic-Me)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser(
-        "generate",
-        help="render a video of learned identities from a prompt (T2V VCD)",
-        description="Render a video with SD-1.5 + AnimateDiff started from VCD's 3D Gaussian noise prior.",
-        epilog=GENERATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    generate.add_argument("-o", "--output", type=Path, help="video path: .mp4, .gif, or a folder for PNG frames")
-    train = commands.add_parser(
-        "train",
-        help="learn an identity from a few photos (VCD's ID module)",
-        description="Learn K identity tokens from photos with prompt-to-segmentation masks and a masked loss.",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    for command, sub in (("generate", generate), ("train", train)):
+    for command, (summary, description, epilog) in COMMANDS.items():
+        sub = commands.add_parser(
+            command,
+            help=summary,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if command == "run":
+            sub.add_argument("config", type=Path, help="the chain's YAML/JSON config")
+            continue
+        if command in VIDEO_COMMANDS:
+            sub.add_argument("input", type=Path, help="the video: .mp4, .gif or a folder of PNG frames")
+        if command != "train":
+            sub.add_argument("-o", "--output", type=Path, help="video path: .mp4, .gif, or a folder for PNG frames")
         sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
         for section, cls in COMMAND_SECTIONS[command].items():
             add_settings_options(sub, section, cls)
@@ -140,6 +199,22 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"identity: {identity}\nuse it: magicme generate --identity {identity} --prompt '{prompt} ...'")
 
 
+def run_stage(args: argparse.Namespace) -> None:
+    from magicme.stages import edit_video, refine_face_video, upscale_video
+
+    settings = collect_settings(args)
+    job = {"refine-face": refine_face_video, "upscale": upscale_video, "edit": edit_video}[args.command]
+    output = args.output or args.input.with_name(f"{args.input.stem}-{VIDEO_COMMANDS[args.command]}.mp4")
+    stage = next(value for key, value in settings.items() if key != "model")
+    print(f"video: {job(settings['model'], stage, args.input, output)}")
+
+
+def run_chain_command(args: argparse.Namespace) -> None:
+    from magicme.chain import run_chain
+
+    print(f"video: {run_chain(read_config_file(args.config), str(args.config))}")
+
+
 def run_demo_command(args: argparse.Namespace) -> None:
     from magicme.demo import NOTICE, run_demo
 
@@ -149,7 +224,8 @@ def run_demo_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
-    commands = {"generate": run_generate, "train": run_train, "demo": run_demo_command}
+    commands = {"generate": run_generate, "train": run_train, "run": run_chain_command, "demo": run_demo_command}
+    commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:  # our errors say what to do; no traceback needed

@@ -163,3 +163,63 @@ class TrainingSettings:
     lora_learning_rate: float = _help("AdamW learning rate of that LoRA", default=1e-4)
     resume: bool = _help("continue from the run folder's last checkpoint", default=False)
     device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")
+
+
+FACE_DETECTORS = ("opencv",)
+
+
+@dataclass
+class FaceSettings:
+    """Face VCD: re-denoise the face region large, with the identity prompt (VCD-SPEC section 3)."""
+
+    prompt: str = _help(
+        "identity prompt for the face, e.g. 'a close up photo of <alice> woman, detailed face'", default=""
+    )
+    negative_prompt: str = _help("what to steer away from", default="")
+    detector: str = _help("face detector", choices=FACE_DETECTORS, default="opencv")
+    crop_factor: float = _help("context around the face: the crop is this many face sizes wide", default=3.0)
+    guide_size: int = _help("the crop is denoised at this size (a multiple of 8)", default=512)
+    feather: int = _help("blend width in pixels at the crop's edge", default=5)
+    largest_only: bool = _help("refine only the largest face (default: every face)", default=False)
+    strength: float = _help("how far to re-noise the face (reference: 0.8)", default=0.8)
+    num_inference_steps: int = _help("denoising steps (before strength)", default=20)
+    guidance_scale: float = _help("classifier-free guidance scale", default=8.0)
+    scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
+    seed: int = _help("random seed", default=0)
+    fps: int = _help("frames per second of the written video", default=8)
+
+
+@dataclass
+class UpscaleSettings:
+    """Tiled VCD: upscale, then denoise tile by tile at low strength (VCD-SPEC section 4)."""
+
+    prompt: str = _help("identity prompt, e.g. 'a photo of <alice> woman on the beach'", default="")
+    negative_prompt: str = _help("what to steer away from", default="")
+    factor: float = _help("upscale factor", default=2.0)
+    upscaler_model: str | None = _help("an ESRGAN-family model file (needs spandrel); default Lanczos", default=None)
+    tile: int = _help("tile size in pixels (bounds memory)", default=512)
+    overlap: int = _help("tile overlap in pixels, blended smoothly", default=64)
+    strength: float = _help("how far to re-noise each tile (reference: 0.2)", default=0.2)
+    num_inference_steps: int = _help("denoising steps (before strength)", default=20)
+    guidance_scale: float = _help("classifier-free guidance scale", default=8.0)
+    scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
+    sharpen: float = _help("contrast-adaptive sharpening amount, 0 to 1 (reference: 0.2; 0: off)", default=0.2)
+    seed: int = _help("random seed", default=0)
+    fps: int = _help("frames per second of the written video", default=8)
+
+
+@dataclass
+class EditSettings:
+    """Identity video editing: SDEdit an existing video towards the identity prompt."""
+
+    prompt: str = _help("what the video should show, e.g. 'a photo of <alice> woman dancing'", default="")
+    negative_prompt: str = _help("what to steer away from", default="")
+    strength: float = _help("how far to re-noise: low keeps the video, high follows the prompt", default=0.6)
+    window: int = _help("frames denoised together (the motion module's window)", default=16)
+    window_overlap: int = _help("frames shared by consecutive windows, blended", default=4)
+    max_side: int = _help("frames are resized so the longer side is at most this (multiples of 8)", default=512)
+    num_inference_steps: int = _help("denoising steps (before strength)", default=25)
+    guidance_scale: float = _help("classifier-free guidance scale", default=7.5)
+    scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
+    seed: int = _help("random seed", default=0)
+    fps: int = _help("frames per second of the written video", default=8)

@@ -1,0 +1,79 @@
+import numpy as np
+import torch
+
+from magicme.faces import (
+    crop_region,
+    feather_mask,
+    fill_missing,
+    link_tracks,
+    opencv_face_detector,
+    refine_faces,
+)
+
+
+def test_default_detector_finds_the_astronaut_and_nothing_in_noise(astronaut) -> None:
+    faces = opencv_face_detector(np.asarray(astronaut.image))
+    assert len(faces) == 1
+    x, y, w, h = faces[0]
+    assert x < 230 < x + w and y < 120 < y + h, "the box must hold her face"
+    noise = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    assert opencv_face_detector(noise) == []
+
+
+def test_tracks_link_faces_fill_misses_and_drop_flukes() -> None:
+    moving = [(100 + 4 * t, 50, 40, 40) for t in range(8)]
+    detections = [[box] for box in moving]
+    detections[3], detections[6] = [], []  # the detector missed two frames
+    detections[5] = [moving[5], (300, 300, 30, 30)]  # a one-frame false positive
+    detections = [[*boxes, (10, 200, 60, 60)] for boxes in detections]  # a second, larger face throughout
+    tracks = link_tracks(detections)
+    assert len(tracks) == 2, "two faces; the fluke seen in 1 of 8 frames is dropped"
+    assert tracks[0][0] == (10, 200, 60, 60), "largest face first"
+    filled = fill_missing(tracks[1])
+    assert filled[3] in (moving[2], moving[4]) and filled[6] in (moving[5], moving[7])
+    assert [filled[t] for t in (0, 1, 2, 4, 5, 7)] == [moving[t] for t in (0, 1, 2, 4, 5, 7)]
+
+
+def test_crop_region_covers_every_box_with_context() -> None:
+    boxes = [(100 + 4 * t, 50, 40, 40) for t in range(8)]
+    x, y, side = crop_region(boxes, crop_factor=3, height=256, width=512)
+    for bx, by, bw, bh in boxes:
+        assert x <= bx and y <= by and bx + bw <= x + side and by + bh <= y + side
+    assert side == (128 + 40 - 100) + 2 * 40
+    assert y >= 0 and y + side <= 256, "the region stays inside the frame"
+    assert crop_region(boxes, crop_factor=30, height=256, width=512)[2] == 256
+
+
+def test_paste_back_changes_nothing_outside_the_feathered_box() -> None:
+    frames = torch.rand(4, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    box = (60, 40, 24, 24)
+    refined = refine_faces(frames, lambda crop: 1 - crop, detector=lambda frame: [box], guide_size=64)
+    x, y, side = crop_region([box] * 4, 3.0, 128, 160)
+    changed = (refined != frames).any(dim=(0, 1))
+    outside = torch.ones_like(changed)
+    outside[y + 1 : y + side - 1, x + 1 : x + side - 1] = False  # the region's border has weight 0 too
+    assert not changed[outside].any()
+    assert changed[y + side // 2, x + side // 2], "the face itself is refined"
+    mask = feather_mask(side, 5)
+    assert mask[0].max() == 0 and mask[side // 2, side // 2] == 1
+
+
+def test_no_face_passes_the_video_through(caplog) -> None:
+    frames = torch.rand(3, 3, 64, 64)
+    assert refine_faces(frames, lambda crop: crop * 0, detector=lambda frame: []) is frames
+    assert "no face found in any frame" in caplog.text
+
+
+def test_largest_only_refines_one_face() -> None:
+    frames = torch.rand(2, 3, 128, 256, generator=torch.Generator().manual_seed(1))
+    faces = [(20, 20, 30, 30), (180, 30, 20, 20)]
+    calls = []
+    refine_faces(frames, lambda crop: calls.append(1) or crop, detector=lambda frame: faces, guide_size=64)
+    refine_faces(frames, lambda crop: calls.append(2) or crop, detector=lambda f: faces, largest_only=True)
+    assert calls == [1, 1, 2]
+
+
+def test_cli_detector_choices_match_the_registry() -> None:
+    from magicme import config, faces
+
+    assert set(config.FACE_DETECTORS) == set(faces.FACE_DETECTORS)

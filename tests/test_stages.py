@@ -1,0 +1,160 @@
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from magicme import chain
+from magicme.cli import main
+from magicme.faces import crop_region, fill_missing, link_tracks, opencv_face_detector
+from magicme.stages import denoise_in_windows
+from magicme.video_io import read_video, save_video, to_uint8
+
+
+def astronaut_clip(astronaut, size: int, folder: Path) -> Path:
+    """6 frames of the astronaut drifting right: a clip with a face in it."""
+    frames = []
+    for t in range(6):
+        crop = astronaut.image.crop((6 * t, 0, 500 + 6 * t, 500)).resize((size, size))
+        frames.append(torch.from_numpy(np.asarray(crop)).permute(2, 0, 1).float() / 255)
+    return save_video(torch.stack(frames), folder / f"astronaut-{size}.mp4")
+
+
+@pytest.fixture(scope="module")
+def face_clip(astronaut, tmp_path_factory) -> Path:
+    return astronaut_clip(astronaut, 320, tmp_path_factory.mktemp("clips"))
+
+
+@pytest.fixture(scope="module")
+def small_clip(astronaut, tmp_path_factory) -> Path:
+    return astronaut_clip(astronaut, 96, tmp_path_factory.mktemp("clips"))
+
+
+@pytest.fixture
+def model_args(tiny_model, identity_file) -> list[str]:
+    base, motion = tiny_model
+    return ["--base-model", str(base), "--motion-adapter", str(motion), "--identity", str(identity_file)]
+
+
+FAST = ["--num-inference-steps", "2", "--prompt", "a photo of <alice> woman"]
+
+
+def test_refine_face_keeps_size_and_changes_only_the_face(face_clip: Path, model_args, tmp_path: Path) -> None:
+    output = tmp_path / "face.mp4"
+    argv = ["refine-face", str(face_clip), *model_args, *FAST, "--guide-size", "64", "-o", str(output)]
+    assert main(argv) == 0
+    before, after = read_video(face_clip), read_video(output)
+    assert after.shape == before.shape == (6, 3, 320, 320)
+    track = fill_missing(link_tracks([opencv_face_detector(frame) for frame in to_uint8(before)])[0])
+    x, y, side = crop_region(track, 3.0, 320, 320)
+    assert side < 320 * 0.8, "the region must leave part of the frame outside"
+    difference = (after - before).abs().mean(dim=(0, 1))
+    inside = torch.zeros(320, 320, dtype=torch.bool)
+    inside[y : y + side, x : x + side] = True
+    assert difference[~inside].mean() < 0.02, "outside the face region only mp4 re-encoding noise"
+    assert difference[inside].mean() > 0.1, "the face region is re-denoised"
+    assert json.loads((tmp_path / "face.json").read_text())["refine_face"]["crop_factor"] == 3.0
+
+
+def test_upscale_doubles_the_size(small_clip: Path, model_args, tmp_path: Path) -> None:
+    output = tmp_path / "big.mp4"
+    argv = ["upscale", str(small_clip), *model_args, *FAST, "--num-inference-steps", "5", "--tile", "128"]
+    argv += ["--overlap", "32", "-o", str(output)]
+    assert main(argv) == 0
+    assert read_video(output).shape == (6, 3, 192, 192)
+
+
+def test_edit_keeps_every_frame(small_clip: Path, model_args, tmp_path: Path) -> None:
+    output = tmp_path / "edited.gif"
+    argv = ["edit", str(small_clip), *model_args, *FAST, "--window", "4", "--window-overlap", "2"]
+    assert main([*argv, "--max-side", "64", "-o", str(output)]) == 0
+    assert read_video(output).shape == (6, 3, 64, 64)
+
+
+def test_windows_blend_back_to_the_input_with_an_identity_denoiser() -> None:
+    frames = torch.rand(11, 3, 8, 8)
+    sizes = []
+    blended = denoise_in_windows(frames, lambda w: sizes.append(len(w)) or w, window=4, overlap=1)
+    assert torch.allclose(blended, frames, atol=1e-6) and set(sizes) == {4}
+
+
+def test_stage_without_prompt_is_a_clear_error(small_clip: Path, model_args, capsys) -> None:
+    assert main(["upscale", str(small_clip), *model_args]) == 2
+    assert "a prompt is needed" in capsys.readouterr().err
+    assert main(["upscale", str(small_clip), *model_args, *FAST]) == 2  # 2 steps x strength 0.2 < 1 step
+    assert "use --num-inference-steps 6 or more" in capsys.readouterr().err
+
+
+@pytest.fixture
+def chain_config(tiny_model, astronaut_folder: Path, tmp_path: Path) -> Path:
+    base, motion = tiny_model
+    config = {
+        "output_dir": str(tmp_path / "chain"),
+        "model": {"base_model": str(base), "motion_adapter": str(motion)},
+        "train": {"photos": str(astronaut_folder), "name": "astro", "class_word": "woman", "base_model": str(base)}
+        | {"masks": "offline", "resolution": 64, "steps": 2, "batch_size": 1, "validation_every": 0},
+        "generate": {"prompt": "a photo of <astro> woman on the beach", "num_frames": 4, "height": 64, "width": 64}
+        | {"num_inference_steps": 2},
+        "refine_face": {"prompt": "close up of <astro> woman", "num_inference_steps": 2, "guide_size": 64},
+        "upscale": {"prompt": "<astro> woman", "num_inference_steps": 5, "tile": 64, "overlap": 16, "sharpen": 0.0},
+    }
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_chain_runs_every_stage_and_resumes_after_a_kill(chain_config: Path, monkeypatch, caplog) -> None:
+    from magicme import stages
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    caplog.set_level(logging.INFO, logger="magicme")
+    monkeypatch.setattr(stages, "upscale_video", killed)
+    assert main(["run", str(chain_config)]) == 130
+    output_dir = Path(yaml.safe_load(chain_config.read_text())["output_dir"])
+    assert (output_dir / "generate.done").is_file() and not (output_dir / "upscale.done").exists()
+
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(chain, "fingerprint", lambda *a: calls.append(a[0]) or real_fingerprint(*a))
+    caplog.clear()
+    assert main(["run", str(chain_config)]) == 0
+    for stage in ("train", "generate", "refine_face"):
+        assert f"{stage}: done before with the same settings and input, skipping" in caplog.text
+    assert "upscale: running" in caplog.text
+    assert read_video(output_dir / "upscale.mp4").shape == (4, 3, 128, 128)
+    assert read_video(output_dir / "generate.mp4").shape == (4, 3, 64, 64)
+
+
+real_fingerprint = chain.fingerprint
+
+
+def test_changed_settings_redo_their_stage_and_the_next(chain_config: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="magicme")
+    assert main(["run", str(chain_config)]) == 0
+    config = yaml.safe_load(chain_config.read_text())
+    config["generate"]["seed"] = 1
+    chain_config.write_text(yaml.safe_dump(config))
+    caplog.clear()
+    assert main(["run", str(chain_config)]) == 0
+    assert "train: done before" in caplog.text
+    for stage in ("generate", "refine_face", "upscale"):  # a new video flows through every later stage
+        assert f"{stage}: running" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"generate": {}, "edit": {}}, "not both"),
+        ({"edit": {"prompt": "x"}}, "`edit` needs `input:`"),
+        ({"upscale": {"prompt": "x"}}, "give `input:`"),
+        ({"generate": {"prompt": "x"}, "sharpen": 1}, "unknown section(s) ['sharpen']"),
+    ],
+)
+def test_chain_config_errors(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        chain.parse_chain(config, "c.yaml")

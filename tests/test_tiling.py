@@ -1,0 +1,61 @@
+import itertools
+
+import pytest
+import torch
+
+from magicme.tiling import denoise_tiled, sharpen, tile_starts, tile_weights, upscale_frames
+
+
+@pytest.mark.parametrize(("height", "width"), [(1024, 1024), (720, 1280), (512, 512), (300, 900), (1000, 536)])
+def test_tile_weights_sum_to_one_everywhere(height: int, width: int) -> None:
+    total = torch.zeros(height, width)
+    for rows, columns, weight in tile_weights(height, width, tile=512, overlap=64):
+        assert weight.min() > 0
+        total[rows, columns] += weight
+    assert torch.allclose(total, torch.ones(height, width), atol=1e-6)
+
+
+def test_tiles_cover_with_the_requested_overlap() -> None:
+    starts = tile_starts(1280, 512, 64)
+    assert starts[0] == 0 and starts[-1] + 512 == 1280
+    assert all(b - a <= 512 - 64 for a, b in itertools.pairwise(starts))
+    with pytest.raises(ValueError, match="overlap must be in"):
+        tile_starts(1280, 512, 512)
+
+
+def test_a_denoiser_that_returns_its_input_reproduces_the_frames() -> None:
+    frames = torch.rand(3, 3, 200, 344, generator=torch.Generator().manual_seed(0))
+    shapes = []
+
+    def identity(tile: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(tile.shape))
+        return tile
+
+    assert torch.allclose(denoise_tiled(frames, identity, tile=128, overlap=32), frames, atol=1e-6)
+    assert all(shape == (3, 3, 128, 128) for shape in shapes), "memory is bounded by the tile size"
+
+
+def test_seams_blend_smoothly() -> None:
+    """Two tiles that disagree by a constant meet in a ramp, not a step."""
+    frames = torch.zeros(1, 3, 64, 200)
+    calls = iter(range(10))
+    blended = denoise_tiled(frames, lambda tile: tile + next(calls), tile=128, overlap=56)
+    row = blended[0, 0, 0]
+    assert row[0] == 0 and row[-1] == 1
+    assert (row.diff() >= 0).all() and row.diff().max() < 0.05
+
+
+def test_lanczos_upscale_doubles_to_multiples_of_8() -> None:
+    frames = torch.rand(2, 3, 60, 100)
+    assert upscale_frames(frames, 2).shape == (2, 3, 120, 200)
+    assert upscale_frames(torch.rand(1, 3, 61, 99), 2).shape == (1, 3, 120, 200)
+
+
+def test_sharpening_raises_local_contrast_only_when_asked() -> None:
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 0.6
+    edge[..., :8] = 0.4
+    assert torch.equal(sharpen(edge, 0.0), edge)
+    sharp = sharpen(edge, 0.2)
+    assert sharp[0, 0, 5, 7] < 0.4 and sharp[0, 0, 5, 8] > 0.6
+    assert torch.equal(sharp[0, 0, 5, 2], edge[0, 0, 5, 2]), "flat areas stay as they are"
