@@ -166,6 +166,7 @@ class TrainingSettings:
 
 
 FACE_DETECTORS = ("opencv",)
+EDIT_METHODS = ("sdedit", "ddim-inversion")
 
 
 @dataclass
@@ -214,6 +215,12 @@ class EditSettings:
 
     prompt: str = _help("what the video should show, e.g. 'a photo of <alice> woman dancing'", default="")
     negative_prompt: str = _help("what to steer away from", default="")
+    method: str = _help(
+        "sdedit re-noises with fresh noise; ddim-inversion inverts the video first (keeps more motion)",
+        choices=EDIT_METHODS,
+        default="sdedit",
+    )
+    source_prompt: str = _help("with ddim-inversion: what the input video shows, e.g. 'a woman dancing'", default="")
     strength: float = _help("how far to re-noise: low keeps the video, high follows the prompt", default=0.6)
     window: int = _help("frames denoised together (the motion module's window)", default=16)
     window_overlap: int = _help("frames shared by consecutive windows, blended", default=4)

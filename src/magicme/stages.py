@@ -22,12 +22,13 @@ from magicme.video_io import read_video
 StageSettings = FaceSettings | UpscaleSettings | EditSettings
 
 
-def load_denoiser(model: ModelSettings, settings: StageSettings) -> Denoiser:
+def load_denoiser(model: ModelSettings, settings: StageSettings, source_prompt: str | None = None) -> Denoiser:
     """The pipeline with its identities, wrapped as a denoiser with the stage's prompt and strength."""
     if not settings.prompt.strip():
         raise ValueError("a prompt is needed, e.g. --prompt 'a photo of <alice> woman'")
     names = {field.name for field in dataclasses.fields(DenoiseSettings)}
-    return make_denoiser(load_pipeline(model), DenoiseSettings(**{n: getattr(settings, n) for n in names}))
+    denoise_settings = DenoiseSettings(**{name: getattr(settings, name) for name in names})
+    return make_denoiser(load_pipeline(model), denoise_settings, source_prompt)
 
 
 def fit_to_multiple_of_8(frames: torch.Tensor, max_side: int) -> torch.Tensor:
@@ -79,7 +80,8 @@ def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path,
 def edit_video(model: ModelSettings, settings: EditSettings, source: Path, output: Path) -> Path:
     started = time.perf_counter()
     frames = fit_to_multiple_of_8(read_video(source), settings.max_side)
-    denoise = load_denoiser(model, settings)
+    inversion = settings.method == "ddim-inversion"
+    denoise = load_denoiser(model, settings, settings.source_prompt if inversion else None)
     edited = denoise_in_windows(frames, denoise, settings.window, settings.window_overlap)
     sections = {"model": model, "edit": settings}
     return save_with_sidecar(edited, output, settings.fps, sections, started, source=str(source))
