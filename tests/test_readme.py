@@ -12,7 +12,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make demo" in head and "make test" in head
 
 
-@pytest.mark.parametrize("command", ["generate", "train", "refine-face", "upscale", "edit"])
+@pytest.mark.parametrize("command", ["generate", "train", "refine-face", "upscale", "edit", "eval"])
 def test_readme_documents_every_option(command: str) -> None:
     parser = build_parser()._subparsers._group_actions[0].choices[command]
     options = {flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")}

@@ -11,6 +11,7 @@ from typing import Any
 
 from magicme.config import (
     EditSettings,
+    EvalSettings,
     FaceSettings,
     GenerationSettings,
     ModelSettings,
@@ -26,6 +27,7 @@ COMMAND_SECTIONS: dict[str, dict[str, type]] = {
     "refine-face": {"model": ModelSettings, "refine_face": FaceSettings},
     "upscale": {"model": ModelSettings, "upscale": UpscaleSettings},
     "edit": {"model": ModelSettings, "edit": EditSettings},
+    "eval": {"evaluation": EvalSettings},
 }
 VIDEO_COMMANDS = {"refine-face": "face", "upscale": "upscaled", "edit": "edited"}  # command -> output suffix
 POSITIONAL = {"photos"}
@@ -44,6 +46,16 @@ examples:
 
   # reproduce a video from its sidecar, changing only the seed
   magicme generate --config beach.json --seed 7 -o beach-seed7.mp4
+
+  # every prompt x seed x identity of a benchmark protocol, then score them
+  magicme generate --protocol protocol.yaml --output-dir results/
+  magicme eval --protocol protocol.yaml --videos-dir results/ --plot
+"""
+EVAL_EXAMPLES = """\
+examples:
+  magicme eval beach.mp4 --references photos/alice --prompt "a photo of <alice> woman on the beach" --class-word woman
+  magicme eval --manifest videos.yaml          # a list of {video, prompt, references, class_word}
+  magicme eval --protocol protocol.yaml --videos-dir results/ --plot --output results/eval.json
 """
 TRAIN_EXAMPLES = """\
 examples:
@@ -96,6 +108,11 @@ COMMANDS = {
         "put an identity into an existing video (SDEdit)",
         "Re-noise an existing video and denoise it with the identity prompt, 16 frames at a time.",
         STAGE_EXAMPLES,
+    ),
+    "eval": (
+        "score videos: face similarity, CLIP-I, DINO, CLIP-T, temporal consistency, motion",
+        "Measure what the paper measures, plus face similarity per frame and how much the video moves.",
+        EVAL_EXAMPLES,
     ),
     "run": (
         "photos to finished video in one command, resumable (train, generate, refine-face, upscale)",
@@ -157,7 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if command in VIDEO_COMMANDS:
             sub.add_argument("input", type=Path, help="the video: .mp4, .gif or a folder of PNG frames")
-        if command != "train":
+        if command == "eval":
+            sub.add_argument("videos", type=Path, nargs="*", help="videos to score against --references")
+            sub.add_argument("--manifest", type=Path, help="YAML/JSON list of {video, prompt, references, class_word}")
+        if command in ("eval", "generate"):
+            sub.add_argument("--protocol", type=Path, help="a benchmark protocol (prompts x seeds x identities)")
+            directory = "--videos-dir" if command == "eval" else "--output-dir"
+            sub.add_argument(directory, type=Path, default=Path("outputs/protocol"), help="the protocol's videos")
+        if command not in ("train", "eval"):
             sub.add_argument("-o", "--output", type=Path, help="video path: .mp4, .gif, or a folder for PNG frames")
         sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
         for section, cls in COMMAND_SECTIONS[command].items():
@@ -186,6 +210,12 @@ def run_generate(args: argparse.Namespace) -> None:
     from magicme.render import render
 
     settings = collect_settings(args)
+    if args.protocol:
+        from magicme.protocol import read_protocol, render_protocol
+
+        videos = render_protocol(settings["model"], read_protocol(args.protocol), args.output_dir)
+        print(f"{len(videos)} videos in {args.output_dir}")
+        return
     output = args.output or default_output(settings["generation"])
     print(f"video: {render(settings['model'], settings['generation'], output)}")
 
@@ -209,6 +239,42 @@ def run_stage(args: argparse.Namespace) -> None:
     print(f"video: {job(settings['model'], stage, args.input, output)}")
 
 
+def run_eval(args: argparse.Namespace) -> None:
+    from magicme.evaluation import Entry, evaluate_entries, format_table
+
+    settings = collect_settings(args)["evaluation"]
+    if args.protocol:
+        from magicme.protocol import read_protocol
+
+        entries = read_protocol(args.protocol).entries(args.videos_dir)
+    elif args.manifest:
+        entries = [
+            Entry(Path(e["video"]), e["prompt"], Path(e["references"]), e.get("class_word"))
+            for e in read_list(args.manifest)
+        ]
+    elif args.videos and settings.references and settings.prompt:
+        references = Path(settings.references)
+        entries = [Entry(video, settings.prompt, references, settings.class_word) for video in args.videos]
+    else:
+        raise ValueError("give VIDEOS with --references and --prompt, or --manifest, or --protocol")
+    results = evaluate_entries(entries, settings)
+    print(format_table(results))
+    print(f"results: {settings.output}")
+
+
+def read_list(path: Path) -> list[dict]:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    entries = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and {"video", "prompt", "references"} <= set(e) for e in entries
+    ):
+        raise ValueError(f"{path}: expected a list of {{video, prompt, references, class_word}} entries")
+    return entries
+
+
 def run_chain_command(args: argparse.Namespace) -> None:
     from magicme.chain import run_chain
 
@@ -224,7 +290,8 @@ def run_demo_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
-    commands = {"generate": run_generate, "train": run_train, "run": run_chain_command, "demo": run_demo_command}
+    commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
+    commands["demo"] = run_demo_command
     commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
     try:
         commands[args.command](args)

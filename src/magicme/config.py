@@ -230,3 +230,23 @@ class EditSettings:
     scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
     seed: int = _help("random seed", default=0)
     fps: int = _help("frames per second of the written video", default=8)
+
+
+@dataclass
+class EvalSettings:
+    """Which encoders score the videos, and where results go."""
+
+    references: str | None = _help("folder of the identity's reference photos", default=None)
+    prompt: str = _help("the prompt the videos were made from (identity placeholders allowed)", default="")
+    class_word: str | None = _help("replaces <NAME> for CLIP-T (default: person)", default=None)
+    clip_model: str = _help(
+        "CLIP for CLIP-I, CLIP-T and temporal consistency (hub id, folder, or none)",
+        default="openai/clip-vit-base-patch32",
+    )
+    dino_model: str = _help("DINO for the DINO score (hub id, folder, or none)", default="facebook/dino-vits16")
+    face_model: str = _help(
+        "face embedder for face similarity", choices=("dlib", "insightface", "none"), default="dlib"
+    )
+    device: str = _help("torch device for the encoders", default="cpu")
+    plot: bool = _help("also write a PNG of face similarity per frame", default=False)
+    output: str = _help("results JSON (a Markdown table and the plot go beside it)", default="eval.json")
