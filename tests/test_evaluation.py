@@ -173,3 +173,26 @@ def test_protocol_drives_generate_and_eval(
 def test_eval_needs_something_to_score(capsys) -> None:
     assert main(["eval", "--face-model", "none"]) == 2
     assert "give VIDEOS with --references and --prompt" in capsys.readouterr().err
+
+
+def test_protocol_splits_across_processes(tiny_model, identity_file, astronaut_folder, tmp_path) -> None:
+    """Two CPU processes under torchrun: each renders its share into one folder."""
+    import socket
+    import subprocess
+    import sys
+
+    protocol = tmp_path / "protocol.yaml"
+    identities = {"alice": {"file": str(identity_file), "references": str(astronaut_folder)}}
+    generation = {"num_frames": 2, "height": 32, "width": 32, "num_inference_steps": 1}
+    protocol.write_text(yaml.safe_dump({"identities": identities, "prompts": ["{identity}"], "seeds": [0, 1, 2, 3]}))
+    protocol.write_text(protocol.read_text() + yaml.safe_dump({"generation": generation}))
+    with socket.socket() as probe:  # a free port for the processes to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    command = ["-m", "magicme.cli", "generate", "--protocol", str(protocol), "--output-dir", str(tmp_path / "out")]
+    command += ["--base-model", str(tiny_model[0]), "--motion-adapter", str(tiny_model[1])]
+    subprocess.run([*launch, *command], check=True, capture_output=True, cwd=tmp_path)
+    sidecars = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    assert len(sidecars) == 4
+    assert sorted(s["record"]["process"] for s in sidecars) == [0, 0, 1, 1]

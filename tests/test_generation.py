@@ -1,3 +1,4 @@
+import dataclasses
 import re
 from pathlib import Path
 
@@ -181,3 +182,12 @@ def test_a_file_without_motion_modules_is_refused(tmp_path: Path) -> None:
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, tmp_path / "sd.safetensors")
     with pytest.raises(ModelLoadError, match="holds no AnimateDiff motion modules"):
         load_motion_adapter(str(tmp_path / "sd.safetensors"), torch.float32)
+
+
+def test_long_video_keeps_the_prior_across_the_whole_clip(tiny_pipe) -> None:
+    """64 frames through FreeNoise windows of 16: the UNet starts from our 64-frame prior, unshuffled."""
+    settings = quick_settings(num_frames=64, gamma=0.3, free_noise=True, free_noise_context=16, free_noise_stride=4)
+    calls = record_unet_calls(tiny_pipe, dataclasses.replace(settings, num_inference_steps=1, height=32, width=32))
+    first = calls[0][0][0][:1]  # (1, C, 64, h, w), the conditional half of CFG
+    prior = sample_noise_prior((1, 4, 64, 4, 4), 0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(first, prior, atol=1e-6)

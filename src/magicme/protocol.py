@@ -91,23 +91,38 @@ def read_protocol(path: Path) -> Protocol:
 
 
 def render_protocol(model: ModelSettings, protocol: Protocol, output_dir: Path) -> list[Path]:
-    """Render every job once (videos already in `output_dir` are kept), loading the model once."""
+    """Render every job once, loading the model once per process; videos already there are kept.
+
+    Under `accelerate launch` (one process per GPU) or `torchrun` (CPU processes) the jobs
+    are split between the processes, all writing into `output_dir`; a single process renders
+    them in turn.
+    """
+    import torch
+    from accelerate import PartialState
+
     from magicme.generation import generate
     from magicme.loading import load_pipeline
     from magicme.render import save_with_sidecar
 
+    state = PartialState(cpu=model.device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes > 1 and model.device == "auto":
+        model = dataclasses.replace(model, device=str(state.device))
     identities = [f"{name}={who.file}" for name, who in protocol.identities.items()]
     pipe = None
     videos = []
-    for job in protocol.jobs():
-        video = output_dir / job.video_name
-        videos.append(video)
-        if video.is_file():
-            log.info("%s exists, skipping", video.name)
-            continue
-        pipe = pipe or load_pipeline(dataclasses.replace(model, identities=[*model.identities, *identities]))
-        settings = from_mapping(GenerationSettings, {**protocol.generation, "prompt": job.prompt, "seed": job.seed}, "")
-        started = time.perf_counter()
-        frames = generate(pipe, settings)
-        save_with_sidecar(frames, video, settings.fps, {"model": model, "generation": settings}, started)
+    with state.split_between_processes(protocol.jobs()) as jobs:
+        for job in jobs:
+            video = output_dir / job.video_name
+            videos.append(video)
+            if video.is_file():
+                log.info("%s exists, skipping", video.name)
+                continue
+            pipe = pipe or load_pipeline(dataclasses.replace(model, identities=[*model.identities, *identities]))
+            values = {**protocol.generation, "prompt": job.prompt, "seed": job.seed}
+            settings = from_mapping(GenerationSettings, values, "protocol")
+            started = time.perf_counter()
+            frames = generate(pipe, settings)
+            sections = {"model": model, "generation": settings}
+            save_with_sidecar(frames, video, settings.fps, sections, started, process=state.process_index)
+    state.wait_for_everyone()
     return videos
