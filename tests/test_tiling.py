@@ -17,8 +17,10 @@ def test_tile_weights_sum_to_one_everywhere(height: int, width: int) -> None:
 
 def test_tiles_cover_with_the_requested_overlap() -> None:
     starts = tile_starts(1280, 512, 64)
-    assert starts[0] == 0 and starts[-1] + 512 == 1280
-    assert all(b - a <= 512 - 64 for a, b in itertools.pairwise(starts))
+    assert len(starts) == 3 and starts[0] == 0 and starts[-1] + 576 == 1280
+    assert all(b - a <= 576 - 64 for a, b in itertools.pairwise(starts))
+    assert len(tile_starts(1024, 512, 64)) == 2, "a 2x upscaled 512 px clip takes 2 x 2 tiles, as in the reference"
+    assert tile_starts(560, 512, 64) == [0], "a frame within one padded tile is one tile"
     with pytest.raises(ValueError, match="overlap must be in"):
         tile_starts(1280, 512, 512)
 
@@ -32,14 +34,14 @@ def test_a_denoiser_that_returns_its_input_reproduces_the_frames() -> None:
         return tile
 
     assert torch.allclose(denoise_tiled(frames, identity, tile=128, overlap=32), frames, atol=1e-6)
-    assert all(shape == (3, 3, 128, 128) for shape in shapes), "memory is bounded by the tile size"
+    assert all(shape == (3, 3, 160, 160) for shape in shapes), "memory is bounded by tile + overlap"
 
 
 def test_seams_blend_smoothly() -> None:
     """Two tiles that disagree by a constant meet in a ramp, not a step."""
     frames = torch.zeros(1, 3, 64, 200)
     calls = iter(range(10))
-    blended = denoise_tiled(frames, lambda tile: tile + next(calls), tile=128, overlap=56)
+    blended = denoise_tiled(frames, lambda tile: tile + next(calls), tile=100, overlap=56)
     row = blended[0, 0, 0]
     assert row[0] == 0 and row[-1] == 1
     assert (row.diff() >= 0).all() and row.diff().max() < 0.05

@@ -48,6 +48,8 @@ class ModelSettings:
     dtype: str = _help("weights dtype; auto is fp16 on cuda, fp32 elsewhere", choices=DTYPES, default="auto")
     cpu_offload: bool = _help("keep models on the CPU until used (saves GPU memory, slower)", default=False)
     vae_slicing: bool = _help("decode the VAE one frame at a time (saves memory)", default=True)
+    vae_tiling: bool = _help("decode the VAE in tiles (saves memory for large frames)", default=False)
+    compile_unet: bool = _help("torch.compile the UNet (slow first call, faster after; best on GPU)", default=False)
 
 
 @dataclass
@@ -198,8 +200,10 @@ class UpscaleSettings:
     negative_prompt: str = _help("what to steer away from", default="")
     factor: float = _help("upscale factor", default=2.0)
     upscaler_model: str | None = _help("an ESRGAN-family model file (needs spandrel); default Lanczos", default=None)
-    tile: int = _help("tile size in pixels (bounds memory)", default=512)
-    overlap: int = _help("tile overlap in pixels, blended smoothly", default=64)
+    tile: int = _help("each tile's share of the frame in pixels; a 2x 512 px clip takes 2 x 2 tiles", default=512)
+    overlap: int = _help(
+        "pixels each tile extends into its neighbours, blended smoothly (bounds: tile + overlap)", default=64
+    )
     strength: float = _help("how far to re-noise each tile (reference: 0.2)", default=0.2)
     num_inference_steps: int = _help("denoising steps (before strength)", default=20)
     guidance_scale: float = _help("classifier-free guidance scale", default=8.0)

@@ -131,6 +131,10 @@ def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
         pipe.set_adapters(list(adapters), list(adapters.values()))
     if settings.vae_slicing:
         pipe.vae.enable_slicing()
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
     if settings.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

@@ -15,7 +15,7 @@ from magicme.config import EditSettings, FaceSettings, ModelSettings, UpscaleSet
 from magicme.faces import FACE_DETECTORS, refine_faces
 from magicme.loading import load_pipeline
 from magicme.render import save_with_sidecar
-from magicme.tiling import axis_ramps, denoise_tiled, sharpen, tile_starts, upscale_frames
+from magicme.tiling import axis_ramps, denoise_tiled, sharpen, upscale_frames, window_starts
 from magicme.v2v import Denoiser, DenoiseSettings, make_denoiser
 from magicme.video_io import read_video
 
@@ -43,7 +43,7 @@ def fit_to_multiple_of_8(frames: torch.Tensor, max_side: int) -> torch.Tensor:
 
 def denoise_in_windows(frames: torch.Tensor, denoise: Denoiser, window: int, overlap: int) -> torch.Tensor:
     """Longer clips go through the motion module `window` frames at a time, overlaps blended."""
-    starts = tile_starts(frames.shape[0], window, overlap)
+    starts = window_starts(frames.shape[0], window, overlap)
     size = min(window, frames.shape[0])
     result, total = torch.zeros_like(frames), torch.zeros(frames.shape[0])
     for start, ramp in zip(starts, axis_ramps(starts, size), strict=True):

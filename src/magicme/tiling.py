@@ -16,14 +16,32 @@ from PIL import Image
 from magicme.v2v import Denoiser
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread tile origins covering [0, length) with at least `overlap` pixels shared."""
-    if length <= tile:
+def spread(length: int, window: int, count: int) -> list[int]:
+    """Origins of `count` windows of `window` pixels spread evenly to cover [0, length)."""
+    if count == 1:
         return [0]
+    return [round(index * (length - window) / (count - 1)) for index in range(count)]
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """The fewest windows of a fixed size whose neighbours share at least `overlap` (frames, in time)."""
+    if length <= window:
+        return [0]
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window), got overlap {overlap} for window {window}")
+    return spread(length, window, math.ceil((length - overlap) / (window - overlap)))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Origins of ceil(length / tile) windows of `tile + overlap` pixels, evenly spread over [0, length).
+
+    As in the reference workflow (tiles of 512 padded by 32 px), the tile count is set by the
+    tile size and each window is `overlap` pixels larger, so neighbours share at least that.
+    """
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got overlap {overlap} for tile {tile}")
-    count = math.ceil((length - overlap) / (tile - overlap))
-    return [round(index * (length - tile) / (count - 1)) for index in range(count)]
+    window = min(length, tile + overlap)
+    return spread(length, window, math.ceil(length / tile) if length > window else 1)
 
 
 def axis_ramps(starts: list[int], size: int) -> list[torch.Tensor]:
@@ -44,8 +62,8 @@ def axis_ramps(starts: list[int], size: int) -> list[torch.Tensor]:
 
 def tile_weights(height: int, width: int, tile: int, overlap: int) -> list[tuple[slice, slice, torch.Tensor]]:
     """Every tile's (rows, columns, weight) with weights normalised to sum to one at each pixel."""
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    tile_h, tile_w = min(tile + overlap, height), min(tile + overlap, width)
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     tiles = [
         (slice(y, y + tile_h), slice(x, x + tile_w), ramp_y[:, None] * ramp_x[None, :])
         for y, ramp_y in zip(ys, axis_ramps(ys, tile_h), strict=True)
@@ -58,7 +76,7 @@ def tile_weights(height: int, width: int, tile: int, overlap: int) -> list[tuple
 
 
 def denoise_tiled(frames: torch.Tensor, denoise: Denoiser, tile: int = 512, overlap: int = 64) -> torch.Tensor:
-    """Run `denoise` over overlapping video tiles (F, 3, tile, tile) and blend them seamlessly."""
+    """Run `denoise` over overlapping video tiles (F, 3, tile + overlap, tile + overlap), blended seamlessly."""
     result = torch.zeros_like(frames)  # (F, 3, H, W)
     for rows, columns, weight in tile_weights(*frames.shape[-2:], tile, overlap):
         result[..., rows, columns] += denoise(frames[..., rows, columns]) * weight

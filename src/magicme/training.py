@@ -147,9 +147,14 @@ def check_training_settings(settings: TrainingSettings) -> None:
 
 
 def load_training_pipeline(settings: TrainingSettings, accelerator: Accelerator) -> StableDiffusionPipeline:
+    return prepare_training_pipeline(load_image_pipeline(settings.base_model, torch.float32), settings, accelerator)
+
+
+def prepare_training_pipeline(
+    pipe: StableDiffusionPipeline, settings: TrainingSettings, accelerator: Accelerator
+) -> StableDiffusionPipeline:
     """The frozen image model in the accelerator's precision, with the reference's DDPM schedule."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    pipe = load_image_pipeline(settings.base_model, torch.float32)
     pipe.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
     pipe.unet.requires_grad_(False).to(accelerator.device, weight_dtype)
     pipe.vae.requires_grad_(False).to(accelerator.device, weight_dtype)
@@ -214,9 +219,19 @@ def add_unet_lora(unet: nn.Module, rank: int) -> list[nn.Parameter]:
 class IdentityTrainer:
     """The frozen model, the K trainable rows, their optimizer and the one generator all randomness uses."""
 
-    def __init__(self, settings: TrainingSettings, masked: list, accelerator: Accelerator) -> None:
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        masked: list,
+        accelerator: Accelerator,
+        pipe: StableDiffusionPipeline | None = None,
+    ) -> None:
+        """`pipe`: an already-built image pipeline to train on (default: load `settings.base_model`)."""
         self.settings, self.masked, self.accelerator = settings, masked, accelerator
-        self.pipe = load_training_pipeline(settings, accelerator)
+        if pipe is None:
+            self.pipe = load_training_pipeline(settings, accelerator)
+        else:
+            self.pipe = prepare_training_pipeline(pipe, settings, accelerator)
         self.tokens = identity_tokens(settings.name, settings.num_tokens)
         self.rows = add_identity_tokens(self.pipe, self.tokens, init_words(settings))
         self.caption = CAPTION.format(tokens=" ".join(self.tokens), class_word=settings.class_word)
