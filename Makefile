@@ -1,11 +1,12 @@
-# The README's two commands: `make demo` (the main job on the built-in default) and `make test`.
+# The README's two commands: `make demo` (the main job on the built-in default) and `make test`;
+# `make bench` measures magicme against stock diffusers at the CPU size (see BENCHMARKS.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint format
+.PHONY: demo test lint format bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --size cpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -46,7 +46,7 @@ class Size:
 
 SIZES = {
     "tiny": Size(frames=8, pixels=64, steps=2, dtype=torch.float32, device="cpu", repeats=2),
-    "cpu": Size(frames=8, pixels=256, steps=2, dtype=torch.float32, device="cpu", repeats=2),
+    "cpu": Size(frames=8, pixels=256, steps=2, dtype=torch.float32, device="cpu", repeats=1),
     "gpu": Size(frames=16, pixels=512, steps=25, dtype=torch.float16, device="cuda", repeats=3),
 }
 
@@ -94,15 +94,10 @@ class UNetTimer:
         self.seconds += time.perf_counter() - self._start
         self.calls += 1
 
-    def per_call(self, run) -> float:
-        self.seconds, self.calls = 0.0, 0
-        run()
-        return self.seconds / self.calls
 
-
-def timed(function, repeats: int) -> tuple[float, object]:
-    """Median wall time of `repeats` calls after one warm-up call; returns (seconds, last result)."""
-    result = function()
+def timed(function, repeats: int, warmup: bool = True) -> tuple[float, object]:
+    """Median wall time of `repeats` calls (after one warm-up call if asked); returns (seconds, last result)."""
+    result = function() if warmup else None
     times = []
     for _ in range(repeats):
         synchronize()
@@ -111,6 +106,10 @@ def timed(function, repeats: int) -> tuple[float, object]:
         synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def synchronize() -> None:
@@ -146,20 +145,27 @@ def bench_t2v(pipe: AnimateDiffPipeline, size: Size) -> dict:
         return pipe(settings.prompt, num_inference_steps=size.steps, generator=generator, **kwargs).frames[0]
 
     reset_peak(size.device)
-    stock_seconds, _ = timed(stock, size.repeats)
-    vcd_seconds, frames = timed(lambda: generate(pipe, settings), size.repeats)
     timer = UNetTimer(pipe.unet)
-    stock_step = statistics.median(timer.per_call(stock) for _ in range(size.repeats))
-    vcd_step = statistics.median(timer.per_call(lambda: generate(pipe, settings)) for _ in range(size.repeats))
+    stock(), generate(pipe, settings)  # warm-up, then alternate so drift hits both alike
+    runs: dict[str, list[tuple[float, float]]] = {"stock": [], "vcd": []}
+    frames = None
+    for _ in range(size.repeats):
+        for name, run in (("stock", stock), ("vcd", lambda: generate(pipe, settings))):
+            timer.seconds, timer.calls = 0.0, 0
+            seconds, result = timed(run, 1, warmup=False)
+            runs[name].append((seconds, timer.seconds / timer.calls))
+            frames = result if name == "vcd" else frames
+    total = {name: statistics.median(s for s, _ in values) for name, values in runs.items()}
+    step = {name: statistics.median(u for _, u in values) for name, values in runs.items()}
     shape = (1, 4, size.frames, size.pixels // 8, size.pixels // 8)
     prior_seconds, _ = timed(lambda: sample_noise_prior(shape, 0.1, torch.Generator().manual_seed(0)), 5)
     return {
-        "stock_seconds": stock_seconds,
-        "vcd_seconds": vcd_seconds,
-        "ratio": vcd_seconds / stock_seconds,
-        "stock_unet_seconds_per_step": stock_step,
-        "vcd_unet_seconds_per_step": vcd_step,
-        "per_step_ratio": vcd_step / stock_step,
+        "stock_seconds": total["stock"],
+        "vcd_seconds": total["vcd"],
+        "ratio": total["vcd"] / total["stock"],
+        "stock_unet_seconds_per_step": step["stock"],
+        "vcd_unet_seconds_per_step": step["vcd"],
+        "per_step_ratio": step["vcd"] / step["stock"],
         "prior_draw_seconds": prior_seconds,
         "peak_memory_gb": peak_memory_gb(size.device),
         "frames": frames,
@@ -226,7 +232,7 @@ def bench_training(components: dict, size: Size) -> dict:
 
     ours = trainer()
     reset_peak(size.device)
-    ours_seconds, _ = timed(ours.step, size.repeats)
+    ours_seconds, _ = timed(ours.step, size.repeats)  # one warm-up step, then the median of `repeats`
     ours_memory = peak_memory_gb(size.device)
 
     plain = trainer()  # the same model and tokens, trained the way diffusers' example does
@@ -262,8 +268,8 @@ def bench_refinement(pipe: AnimateDiffPipeline, size: Size, frames: torch.Tensor
         return denoise_tiled(upscale_frames(frames, 2), tiles, tile=size.pixels, overlap=size.pixels // 8)
 
     reset_peak(size.device)
-    face_seconds, _ = timed(face_vcd, 1)
-    tiled_seconds, _ = timed(tiled_vcd, 1)
+    face_seconds, _ = timed(face_vcd, 1, warmup=False)  # the model is warm from the T2V runs
+    tiled_seconds, _ = timed(tiled_vcd, 1, warmup=False)
     return {
         "face_seconds": face_seconds,
         "tiled_seconds": tiled_seconds,
@@ -283,11 +289,15 @@ def main() -> None:
     if size.device == "cuda" and not torch.cuda.is_available():
         sys.exit("the gpu size needs CUDA")
     started = time.perf_counter()
+    progress(f"building {args.size} models")
     components = build_components(args.size)
     pipe = build_video_pipeline(components, size)
+    progress("T2V VCD vs stock AnimateDiff")
     t2v = bench_t2v(pipe, size)
+    progress("Face VCD + Tiled VCD")
     refinement = bench_refinement(pipe, size, t2v.pop("frames"), t2v["vcd_seconds"])
     del pipe, components["motion_adapter"]
+    progress("ID training step vs plain textual inversion")
     training = bench_training(components, size)
     device = (
         torch.cuda.get_device_name()
