@@ -168,6 +168,7 @@ class TrainingSettings:
 
 
 FACE_DETECTORS = ("opencv",)
+FACE_MODELS = ("dlib", "insightface", "none")
 EDIT_METHODS = ("sdedit", "ddim-inversion")
 
 
@@ -248,9 +249,7 @@ class EvalSettings:
         default="openai/clip-vit-base-patch32",
     )
     dino_model: str = _help("DINO for the DINO score (hub id, folder, or none)", default="facebook/dino-vits16")
-    face_model: str = _help(
-        "face embedder for face similarity", choices=("dlib", "insightface", "none"), default="dlib"
-    )
+    face_model: str = _help("face embedder for face similarity", choices=FACE_MODELS, default="dlib")
     device: str = _help("torch device for the encoders", default="cpu")
     plot: bool = _help("also write a PNG of face similarity per frame", default=False)
     output: str = _help("results JSON (a Markdown table and the plot go beside it)", default="eval.json")

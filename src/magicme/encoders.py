@@ -14,12 +14,13 @@ from importlib.metadata import PackageNotFoundError, distribution
 import numpy as np
 import torch
 
+from magicme.config import FACE_MODELS
+
 ImageEncoder = Callable[[list[np.ndarray]], torch.Tensor]  # RGB uint8 images -> (N, D)
 TextEncoder = Callable[[list[str]], torch.Tensor]  # prompts -> (N, D)
 FaceEmbedder = Callable[[np.ndarray], torch.Tensor | None]  # one RGB uint8 image -> (D,) or no face
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
-FACE_MODELS = ("dlib", "insightface", "none")
 
 
 def clip_encoders(model_id: str = DEFAULT_CLIP, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:

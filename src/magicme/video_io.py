@@ -13,8 +13,6 @@ from PIL import Image
 
 from magicme.files import atomic_path
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
-
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(F, C, H, W) floats in [0, 1] -> (F, H, W, C) uint8."""
