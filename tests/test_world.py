@@ -1,0 +1,57 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from magicme.world import (
+    BASE_IDENTITIES,
+    HELD_OUT_START,
+    SCENES,
+    caption,
+    character,
+    clip,
+    identity_photos,
+    render,
+)
+
+
+def test_the_world_is_the_same_every_time() -> None:
+    first, again = identity_photos(HELD_OUT_START + 3), identity_photos(HELD_OUT_START + 3)
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert np.array_equal(a.mask, b.mask) and a.face == b.face
+    assert character(7) == character(7)
+
+
+def test_identities_are_distinct_and_held_out_ones_are_new() -> None:
+    base = [character(identity).traits for identity in range(BASE_IDENTITIES)]
+    assert len(set(base)) > 0.9 * BASE_IDENTITIES, "base identities should rarely look alike"
+    held_out = [character(HELD_OUT_START + index).traits for index in range(50)]
+    assert not set(held_out) & set(base), "a held-out identity never repeats a base identity's traits"
+
+
+def test_masks_and_face_boxes_are_ground_truth() -> None:
+    for scene in SCENES:
+        still = render(character(11), scene, size=96)
+        x, y, width, height = still.face
+        assert still.mask[y + height // 2, x + width // 2], "the face centre is on the subject"
+        assert 0.02 < still.mask.mean() < 0.5
+        assert not still.mask[:, :5].any(), "the scene's edges are background"
+
+
+def test_photos_vary_and_clips_move() -> None:
+    photos = identity_photos(HELD_OUT_START, count=5)
+    assert len({photo.mask.sum() for photo in photos}) > 1, "photos vary in distance"
+    walk = clip(character(2), "grass", "walk", frames=6)
+    centres = [np.nonzero(frame.mask)[1].mean() for frame in walk]
+    assert all(b > a for a, b in itertools.pairwise(centres)), "walking moves the character right"
+    zoom = clip(character(2), "city", "zoom", frames=6)
+    assert all(b.mask.sum() > a.mask.sum() for a, b in itertools.pairwise(zoom)), "zooming in grows it"
+    with pytest.raises(ValueError, match="unknown motion 'spin'"):
+        clip(character(2), "city", "spin")
+
+
+def test_captions_name_the_traits_and_the_scene() -> None:
+    who = character(HELD_OUT_START + 2)
+    text = caption(who, "beach", "far")
+    assert text.startswith("a far away photo of") and who.hair in text and text.endswith("on the beach")
