@@ -100,9 +100,8 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
         else:
             log.info("%s: running", name)
             if name == "train":
-                run_dir = output_dir / "train"
-                resume = (run_dir / "checkpoints").is_dir()  # a killed training run continues
-                train_identity(dataclasses.replace(settings, output_dir=str(run_dir), resume=resume))
+                resume = (output / "checkpoints").is_dir()  # a killed training run continues
+                train_identity(dataclasses.replace(settings, output_dir=str(output), resume=resume))
             elif name == "generate":
                 render(model, settings, output)
             elif name == "edit":
@@ -113,7 +112,7 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
                 upscale_video(model, settings, video, output)
             write_json({"fingerprint": key, "output": str(output)}, marker)
         if name == "train":
-            identity = output_dir / "train" / f"{settings.name}.safetensors"
+            identity = output / f"{settings.name}.safetensors"
             model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
         else:
             video = output

@@ -70,13 +70,11 @@ class Evaluator:
     def references(self, folder: Path) -> dict[str, Any]:
         if folder not in self._references:
             images = [np.asarray(photo.image) for photo in load_photos(folder, size=64)]
-            faces = [self.face(image) for image in images] if self.face else []
+            faces = [face for face in map(self.face, images) if face is not None] if self.face else []
             self._references[folder] = {
                 "clip": self.clip_images(images) if self.clip_images else None,
                 "dino": self.dino(images) if self.dino else None,
-                "faces": torch.stack([face for face in faces if face is not None])
-                if any(face is not None for face in faces)
-                else None,
+                "faces": torch.stack(faces) if faces else None,
             }
         return self._references[folder]
 

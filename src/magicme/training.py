@@ -10,11 +10,12 @@ subject mask at latent resolution and normalised by its area (Magic-Me, section 
 import dataclasses
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import AnimateDiffPipeline, DDPMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from torch.nn.utils import parametrize
@@ -183,21 +184,31 @@ def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, s
         image = preview(prompt, height=size, width=size, num_inference_steps=25, generator=generator).images[0]
         image.save(folder / f"step-{step:06d}-{index}.png")
     if settings.validation_motion_adapter:
-        render_preview_clips(preview, settings, prompts, folder / f"step-{step:06d}")
+        video_pipe = preview_video_pipeline(pipe, settings.validation_motion_adapter)
+        render_preview_clips(video_pipe, settings, prompts, folder / f"step-{step:06d}")
 
 
-def render_preview_clips(preview: StableDiffusionPipeline, settings: TrainingSettings, prompts, stem: Path) -> None:
-    """8-frame clips through T2V VCD, sharing the live text encoder (so the current tokens)."""
-    from diffusers import AnimateDiffPipeline
+@lru_cache(maxsize=1)
+def preview_video_pipeline(pipe: StableDiffusionPipeline, motion_adapter: str) -> AnimateDiffPipeline:
+    """Built once per run: the adapter is loaded and the UNet copied into a motion UNet only here.
 
+    The frozen UNet never changes, and the text encoder is shared, so later previews still
+    show the current tokens.
+    """
+    from magicme.loading import load_motion_adapter
+
+    adapter = load_motion_adapter(motion_adapter, pipe.unet.dtype)
+    video_pipe = AnimateDiffPipeline.from_pipe(pipe, motion_adapter=adapter).to(pipe.device)
+    video_pipe.set_progress_bar_config(disable=True)
+    return video_pipe
+
+
+def render_preview_clips(video_pipe: AnimateDiffPipeline, settings: TrainingSettings, prompts, stem: Path) -> None:
+    """8-frame clips through T2V VCD with the current tokens."""
     from magicme.config import GenerationSettings
     from magicme.generation import generate
-    from magicme.loading import load_motion_adapter
     from magicme.video_io import save_video
 
-    adapter = load_motion_adapter(settings.validation_motion_adapter, preview.unet.dtype)
-    video_pipe = AnimateDiffPipeline.from_pipe(preview, motion_adapter=adapter).to(preview.device)
-    video_pipe.set_progress_bar_config(disable=True)
     for index, prompt in enumerate(prompts):
         clip = GenerationSettings(
             prompt=prompt, num_frames=8, height=settings.resolution, width=settings.resolution, seed=settings.seed
