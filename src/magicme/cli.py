@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
         for section, cls in COMMAND_SECTIONS[command].items():
             add_settings_options(sub, section, cls)
-    demo = commands.add_parser("demo", help="render the built-in demo on a tiny model, offline, on a CPU")
+    demo = commands.add_parser(
+        "demo", help="learn a held-out identity of the miniature world and film it (trained model, offline, CPU)"
+    )
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
     return parser
 
@@ -282,9 +284,12 @@ def run_chain_command(args: argparse.Namespace) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
-    from magicme.demo import NOTICE, run_demo
+    from magicme.demo import run_demo
 
-    print(f"video: {run_demo(args.output_dir)}\n{NOTICE}")
+    video = run_demo(args.output_dir)
+    print(
+        f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,8 +167,8 @@ class TrainingSettings:
     device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")
 
 
-FACE_DETECTORS = ("opencv",)
-FACE_MODELS = ("dlib", "insightface", "none")
+FACE_DETECTORS = ("opencv", "world")
+FACE_MODELS = ("dlib", "insightface", "world", "none")
 EDIT_METHODS = ("sdedit", "ddim-inversion")
 
 
@@ -180,7 +180,11 @@ class FaceSettings:
         "identity prompt for the face, e.g. 'a close up photo of <alice> woman, detailed face'", default=""
     )
     negative_prompt: str = _help("what to steer away from", default="")
-    detector: str = _help("face detector", choices=FACE_DETECTORS, default="opencv")
+    detector: str = _help(
+        "face detector: opencv (Haar cascade) or world (the miniature world's trained locator)",
+        choices=FACE_DETECTORS,
+        default="opencv",
+    )
     crop_factor: float = _help("context around the face: the crop is this many face sizes wide", default=3.0)
     guide_size: int = _help("the crop is denoised at this size (a multiple of 8)", default=512)
     feather: int = _help("blend width in pixels at the crop's edge", default=5)
@@ -249,7 +253,11 @@ class EvalSettings:
         default="openai/clip-vit-base-patch32",
     )
     dino_model: str = _help("DINO for the DINO score (hub id, folder, or none)", default="facebook/dino-vits16")
-    face_model: str = _help("face embedder for face similarity", choices=FACE_MODELS, default="dlib")
+    face_model: str = _help(
+        "face embedder for face similarity (world: the miniature world's identity instrument)",
+        choices=FACE_MODELS,
+        default="dlib",
+    )
     device: str = _help("torch device for the encoders", default="cpu")
     plot: bool = _help("also write a PNG of face similarity per frame", default=False)
     output: str = _help("results JSON (a Markdown table and the plot go beside it)", default="eval.json")

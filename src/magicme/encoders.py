@@ -4,7 +4,8 @@
 - DINO (transformers; default `facebook/dino-vits16`): images, by the CLS token.
 - Faces: `dlib` (offline: dlib-bin's 128-d ResNet face embedder and detector, whose weights
   ship in the face-recognition-models package) or `insightface` (ArcFace, what most
-  identity-video papers report) where it is installed. A face embedder returns None for
+  identity-video papers report) where it is installed; `world` is the miniature world's
+  trait-reading instrument (`magicme.instruments`). A face embedder returns None for
   a frame without a face, so missing faces are counted rather than scored.
 """
 
@@ -113,6 +114,10 @@ def insightface_embedder(device: str = "cpu") -> FaceEmbedder:
 def make_face_embedder(name: str, device: str = "cpu") -> FaceEmbedder | None:
     if name not in FACE_MODELS:
         raise ValueError(f"unknown face model {name!r}; choose one of {FACE_MODELS}")
+    if name == "world":
+        from magicme.instruments import world_instruments
+
+        return world_instruments().embed_face
     return {"dlib": dlib_face_embedder, "insightface": lambda: insightface_embedder(device), "none": lambda: None}[
         name
     ]()

@@ -35,7 +35,14 @@ def opencv_face_detector(frame: np.ndarray) -> list[Box]:
     return [tuple(int(v) for v in face) for face in faces]
 
 
-FACE_DETECTORS: dict[str, FaceDetector] = {"opencv": opencv_face_detector}
+def world_face_detector(frame: np.ndarray) -> list[Box]:
+    """The miniature world's trained face locator (`magicme.instruments`), for the built-in world model."""
+    from magicme.instruments import world_instruments
+
+    return world_instruments().locate_faces(frame)
+
+
+FACE_DETECTORS: dict[str, FaceDetector] = {"opencv": opencv_face_detector, "world": world_face_detector}
 
 
 def _overlap(a: Box, b: Box) -> float:

@@ -10,9 +10,12 @@ Face VCD (face region) and the instruments all have ground truth.
 import random
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from magicme.photos import MASK_SUFFIX
 
 BASE_IDENTITIES = 64
 HELD_OUT_START = 1000
@@ -62,6 +65,7 @@ class Render:
     image: Image.Image  # RGB
     mask: np.ndarray  # (H, W) bool: the character
     face: tuple[int, int, int, int]  # x, y, width, height
+    scene: str
 
 
 def character(identity: int) -> Character:
@@ -143,16 +147,16 @@ def render(
     height = size * scale
     center = (size * (0.5 + offset[0]), size * (0.55 + offset[1]))
     mask, face = draw_character(who, image, center, height)
-    return Render(image, mask, face)
+    return Render(image, mask, face, scene)
 
 
-def identity_photos(identity: int, count: int = 5, size: int = 64) -> list[Render]:
-    """A held-out identity's "photos": varied distance, place and scene, the same every time."""
+def identity_photos(identity: int, count: int = 5, size: int = 64, scene: str | None = None) -> list[Render]:
+    """A held-out identity's "photos": varied distance and place, in varied scenes or all in `scene`."""
     who, pick = character(identity), random.Random(identity)
     return [
         render(
             who,
-            pick.choice(list(SCENES)),
+            pick.choice(list(SCENES)) if scene is None else scene,
             size,
             DISTANCES[pick.choice(list(DISTANCES))][1],
             (pick.uniform(-0.15, 0.15), pick.uniform(-0.05, 0.05)),
@@ -160,6 +164,15 @@ def identity_photos(identity: int, count: int = 5, size: int = 64) -> list[Rende
         )
         for index in range(count)
     ]
+
+
+def write_identity_photos(folder: Path, identity: int, count: int = 5, scene: str | None = None) -> Path:
+    """Save an identity's photos as PNGs with their ground-truth masks beside them (`--masks files`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, shot in enumerate(identity_photos(identity, count, scene=scene)):
+        shot.image.save(folder / f"photo-{index}.png")
+        Image.fromarray(shot.mask.astype(np.uint8) * 255).save(folder / f"photo-{index}{MASK_SUFFIX}")
+    return folder
 
 
 def clip(who: Character, scene: str, motion: str, frames: int = 8, size: int = 64, seed: int = 0) -> list[Render]:

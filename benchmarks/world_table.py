@@ -1,0 +1,173 @@
+"""VCD's claims, measured in the miniature world with its instruments (a table for the README).
+
+    python benchmarks/world_table.py            # about 20 minutes on 2 CPU cores
+
+Every cell is the mean ± standard deviation over held-out identities x seeds. Each identity
+is learned from five photos that share one background (as photos taken in one place do),
+then filmed in another scene:
+- ID module: no identity (the prompt alone) vs plain textual inversion (1 token, whole
+  image loss) vs VCD (4 extended tokens, masked loss): identity similarity, prompt
+  fidelity (the scene classifier agrees with the prompt) and background leakage (it picks
+  the photos' scene instead);
+- the 3D noise prior's gamma: pixel flicker, motion (optical flow) and identity similarity;
+- Face VCD on "far away" clips (small faces): identity similarity of the face region;
+- Tiled VCD: identity similarity before and after 2x upscaling.
+Writes benchmarks/results-world.json and prints the Markdown table.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magicme import world
+from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
+from magicme.faces import refine_faces, world_face_detector
+from magicme.generation import generate
+from magicme.instruments import world_instruments
+from magicme.loading import load_pipeline
+from magicme.metrics import dynamic_degree, flicker, similarity_to_references
+from magicme.tiling import denoise_tiled, sharpen, upscale_frames
+from magicme.training import train_identity
+from magicme.v2v import DenoiseSettings, make_denoiser
+from magicme.video_io import to_uint8
+from magicme.world_model import SIZE, world_model_paths
+
+CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD, far away", "tiled": "Tiled VCD"}
+HERE = Path(__file__).resolve().parent
+GAMMAS = (0.0, 0.05, 0.1, 0.15, 0.3)
+ID_MODULES = {  # name -> (tokens, masks); None: no identity at all
+    "none": None,
+    "textual inversion": (1, "none"),
+    "VCD (extended tokens, masked)": (4, "files"),
+}
+
+
+def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path) -> Path:
+    """Train an identity the way the demo does; returns its file."""
+    base, _ = world_model_paths()
+    settings = TrainingSettings(
+        photos=str(photos),
+        name="hero",
+        base_model=str(base),
+        output_dir=str(folder),
+        num_tokens=tokens,
+        masks=masks,
+        resolution=SIZE,
+        steps=300,
+        learning_rate=5e-3,
+        validation_every=0,
+        checkpoint_every=1000,
+        device="cpu",
+    )
+    train_identity(settings)
+    return folder / "hero.safetensors"
+
+
+def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[float]:
+    """Per frame with a face, the mean cosine of its identity embedding to the photos'."""
+    embedded = [world_instruments().embed_face(frame) for frame in to_uint8(frames)]
+    found = [e for e in embedded if e is not None]
+    return similarity_to_references(torch.stack(found), references).tolist() if found else []
+
+
+def scene_shares(frames: torch.Tensor, prompt_scene: str, photo_scene: str) -> tuple[float, float]:
+    scenes = world_instruments().classify_scenes(list(to_uint8(frames)))
+    return scenes.count(prompt_scene) / len(scenes), scenes.count(photo_scene) / len(scenes)
+
+
+def prompt(token: str, scene: str, distance: str = "medium") -> str:
+    place = "in the" if scene == "sky" else "on the"
+    return f"{world.DISTANCES[distance][0]} {token} person {place} {scene}"
+
+
+def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[str, list[float]]) -> None:
+    """Every row's measurements for one held-out identity, appended to `cells`."""
+    scenes = list(world.SCENES)
+    photo_scene = scenes[identity % len(scenes)]
+    scene = scenes[(identity + 3) % len(scenes)]
+    photos = world.write_identity_photos(work / f"photos-{identity}", identity, scene=photo_scene)
+    shots = world.identity_photos(identity, scene=photo_scene)
+    references = torch.stack([world_instruments().embed_face(np.asarray(s.image)) for s in shots])
+    base, motion = world_model_paths()
+    for name, module in ID_MODULES.items():
+        files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
+        pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=files))
+        token = "<hero>" if files else "a"
+        for seed in seeds:
+            video = GenerationSettings(prompt=prompt(token, scene), height=SIZE, width=SIZE, seed=seed)
+            frames = generate(pipe, video)
+            fidelity, leakage = scene_shares(frames, scene, photo_scene)
+            cells[f"id/{name}/identity"] += identity_scores(frames, references)
+            cells[f"id/{name}/fidelity"].append(fidelity)
+            cells[f"id/{name}/leakage"].append(leakage)
+        if module is None or module[1] != "files":
+            continue
+        for seed in seeds:  # the VCD identity: noise prior, Face VCD and Tiled VCD
+            for gamma in GAMMAS:
+                video = GenerationSettings(prompt=prompt(token, scene), height=SIZE, width=SIZE, seed=seed, gamma=gamma)
+                frames = generate(pipe, video)
+                cells[f"gamma/{gamma}/identity"] += identity_scores(frames, references)
+                cells[f"gamma/{gamma}/flicker"].append(flicker(frames))
+                cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
+            far = GenerationSettings(prompt=prompt(token, scene, "far"), height=SIZE, width=SIZE, seed=seed)
+            frames = generate(pipe, far)
+            face_denoiser = make_denoiser(pipe, DenoiseSettings("a close up photo of <hero> person", 0.6, 25))
+            refined = refine_faces(frames, face_denoiser, world_face_detector, guide_size=SIZE)
+            cells["face/off/identity"] += identity_scores(frames, references)
+            cells["face/on/identity"] += identity_scores(refined, references)
+            frames = generate(pipe, GenerationSettings(prompt=prompt(token, scene), height=SIZE, width=SIZE, seed=seed))
+            tile_denoiser = make_denoiser(pipe, DenoiseSettings(prompt(token, scene), 0.2, 25))
+            upscaled = upscale_frames(frames, 2.0)
+            cells["tiled/before (64 px)/identity"] += identity_scores(frames, references)
+            cells["tiled/Lanczos 2x only/identity"] += identity_scores(upscaled, references)
+            tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, SIZE, 16), 0.2)
+            cells["tiled/Tiled VCD 2x/identity"] += identity_scores(tiled, references)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+def table(cells: dict[str, list[float]]) -> str:
+    lines = [
+        "| claim | setting | identity similarity | prompt fidelity | background leakage | flicker | motion px/frame |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    rows = dict.fromkeys(key.rsplit("/", 1)[0] for key in cells)
+    for row in rows:
+        group, setting = row.split("/", 1)
+        values = [cell(cells.get(f"{row}/{metric}", [])) for metric in ("identity", "fidelity", "leakage")]
+        values += [cell(cells.get(f"{row}/{metric}", [])) for metric in ("flicker", "motion")]
+        lines.append(f"| {CLAIMS[group]} | {setting} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identities", type=int, default=4, help="held-out identities to learn")
+    parser.add_argument("--seeds", type=int, default=2, help="videos per identity and setting")
+    parser.add_argument("--output", type=Path, default=HERE / "results-world.json")
+    args = parser.parse_args()
+    started, cells = time.perf_counter(), defaultdict(list)
+    with tempfile.TemporaryDirectory() as work:
+        for identity in range(world.HELD_OUT_START, world.HELD_OUT_START + args.identities):
+            measure_identity(identity, list(range(args.seeds)), Path(work), cells)
+    minutes = (time.perf_counter() - started) / 60
+    record = {"command": "python benchmarks/world_table.py", "minutes": round(minutes, 1), "cells": cells}
+    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    print(table(cells))
+    print(f"\n{args.identities} identities x {args.seeds} seeds; {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

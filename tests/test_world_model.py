@@ -1,0 +1,88 @@
+"""The world model: its tokenizer, its training loop, and the trained weights that ship."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from magicme.config import GenerationSettings, ModelSettings
+from magicme.generation import generate
+from magicme.instruments import world_instruments
+from magicme.loading import load_pipeline
+from magicme.video_io import to_uint8
+from magicme.world_model import WORLD_MODEL, world_model_paths, world_words, write_world_tokenizer
+from magicme.world_training import (
+    WorldTrainingSettings,
+    encode,
+    export_world_model,
+    fit,
+    render_stills,
+    train_world_model,
+)
+
+
+def test_every_world_word_is_one_token_and_other_text_still_tokenizes(tmp_path: Path) -> None:
+    tokenizer = write_world_tokenizer(tmp_path)
+    for word in world_words():
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+    assert tokenizer.tokenize("a photo of a dog") == ["a</w>", "photo</w>", "of</w>", "a</w>", "d", "o", "g</w>"]
+
+
+def toy_fit(run_dir: Path, killed_after: int | None = None) -> torch.Tensor:
+    """Fit a line for 20 steps, checkpointing every 5; `killed_after` interrupts it like Ctrl-C."""
+    torch.manual_seed(0)
+    model, target, calls = nn.Linear(4, 1), torch.tensor([[1.0, -2.0, 0.5, 3.0]]), []
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        calls.append(1)
+        if killed_after is not None and len(calls) > killed_after:
+            raise KeyboardInterrupt
+        x = torch.randn(8, 4, generator=generator)
+        return nn.functional.mse_loss(model(x), x @ target.T)
+
+    return fit(run_dir, model, loss, 20, 1e-2, seed=0, every=5).weight.detach().clone()
+
+
+def test_fit_resumes_bit_for_bit(tmp_path: Path) -> None:
+    straight = toy_fit(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        toy_fit(tmp_path / "interrupted", killed_after=12)  # the checkpoint of step 10 survives
+    assert torch.equal(toy_fit(tmp_path / "interrupted"), straight)
+
+
+def test_training_runs_every_stage_and_the_result_loads(tmp_path: Path) -> None:
+    settings = WorldTrainingSettings(stills=64, clips=4, autoencoder_steps=2, image_steps=2, motion_steps=2)
+    pipe, adapter = train_world_model(tmp_path / "run", settings)
+    assert (tmp_path / "run" / "motion" / "final.safetensors").is_file()
+    stills, _ = render_stills(settings.stills, settings.seed)
+    assert encode(pipe.vae, stills)[0].std().item() == pytest.approx(1.0, abs=1e-3)  # SD's latent scaling, measured
+    base, motion = world_model_paths(export_world_model(pipe, adapter, tmp_path / "model"))
+    model = ModelSettings(base_model=str(base), motion_adapter=str(motion), device="cpu")
+    frames = generate(
+        load_pipeline(model),
+        GenerationSettings(
+            prompt="a photo of a person on the beach", height=64, width=64, num_frames=8, num_inference_steps=2
+        ),
+    )
+    assert frames.shape == (8, 3, 64, 64)
+
+
+def test_shipped_model_fits_the_size_budget() -> None:
+    size = sum(f.stat().st_size for f in Path(str(WORLD_MODEL)).rglob("*") if f.is_file())
+    assert size <= 20 * 2**20
+
+
+def test_shipped_model_draws_the_scene_it_is_asked_for() -> None:
+    base, motion = world_model_paths()
+    pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion), device="cpu"))
+    for scene in ("snow", "grass", "night"):
+        settings = GenerationSettings(
+            prompt=f"a photo of a person with red hair on the {scene}",
+            height=64,
+            width=64,
+            num_frames=8,
+            num_inference_steps=15,
+        )
+        scenes = world_instruments().classify_scenes(list(to_uint8(generate(pipe, settings))))
+        assert scenes.count(scene) >= 6, (scene, scenes)
