@@ -30,7 +30,7 @@ from magicme import world
 from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
 from magicme.faces import refine_faces, world_face_detector
 from magicme.generation import generate
-from magicme.instruments import world_instruments
+from magicme.instruments import pixels, world_instruments
 from magicme.loading import load_pipeline
 from magicme.metrics import dynamic_degree, flicker, similarity_to_references
 from magicme.tiling import denoise_tiled, sharpen, upscale_frames
@@ -95,6 +95,12 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     photos = world.write_identity_photos(work / f"photos-{identity}", identity, scene=photo_scene)
     shots = world.identity_photos(identity, scene=photo_scene)
     references = torch.stack([world_instruments().embed_face(np.asarray(s.image)) for s in shots])
+    for seed in seeds:  # the ceiling: the world's own clips of the identity, in the prompt's scene
+        truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)
+        frames = torch.stack([pixels(shot.image) for shot in truth])
+        cells["id/ground truth (the world's own clip)/identity"] += identity_scores(frames, references)
+        cells["id/ground truth (the world's own clip)/fidelity"].append(scene_shares(frames, scene, photo_scene)[0])
+        cells["id/ground truth (the world's own clip)/leakage"].append(scene_shares(frames, scene, photo_scene)[1])
     base, motion = world_model_paths()
     for name, module in ID_MODULES.items():
         files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
