@@ -170,7 +170,9 @@ def diffusion_loss(
     return loss
 
 
-def trained(folder: Path, model: nn.Module, make_loss: Callable[[], Loss], steps: int, settings) -> nn.Module:
+def trained(
+    folder: Path, model: nn.Module, make_loss: Callable[[], Loss], steps: int, settings: WorldTrainingSettings
+) -> nn.Module:
     """A stage's weights: from `folder/final.safetensors` when the stage has finished, else by `fit`."""
     final = folder / "final.safetensors"
     if final.is_file():
