@@ -83,8 +83,7 @@ def scene_shares(frames: torch.Tensor, prompt_scene: str, photo_scene: str) -> t
 
 
 def prompt(token: str, scene: str, distance: str = "medium") -> str:
-    place = "in the" if scene == "sky" else "on the"
-    return f"{world.DISTANCES[distance][0]} {token} person {place} {scene}"
+    return f"{world.DISTANCES[distance][0]} {token} person {world.where(scene)}"
 
 
 def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[str, list[float]]) -> None:
@@ -92,8 +91,8 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     scenes = list(world.SCENES)
     photo_scene = scenes[identity % len(scenes)]
     scene = scenes[(identity + 3) % len(scenes)]
-    photos = world.write_identity_photos(work / f"photos-{identity}", identity, scene=photo_scene)
-    shots = world.identity_photos(identity, scene=photo_scene)
+    photos = work / f"photos-{identity}"
+    shots = world.write_identity_photos(photos, identity, scene=photo_scene)
     references = torch.stack([world_instruments().embed_face(np.asarray(s.image)) for s in shots])
     for seed in seeds:  # the ceiling: the world's own clips of the identity, in the prompt's scene
         truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)

@@ -44,7 +44,7 @@ def new_scene(photo_scenes: set[str]) -> str:
 def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettings) -> dict[str, Any]:
     """The `magicme run` config of the demo: train, generate, refine the face, upscale."""
     base, motion = world_model_paths(settings.model_dir)
-    place = "in the" if scene == "sky" else "on the"
+    prompt = f"a photo of <hero> person {world.where(scene)}"
     steps = {"num_inference_steps": settings.inference_steps, "seed": settings.seed}
     return {
         "output_dir": str(output_dir),
@@ -62,7 +62,12 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
             "device": "cpu",
             "seed": settings.seed,
         },
-        "generate": {"prompt": f"a photo of <hero> person {place} {scene}", "height": SIZE, "width": SIZE, **steps},
+        "generate": {
+            "prompt": f"a photo of <hero> person {world.where(scene)}",
+            "height": SIZE,
+            "width": SIZE,
+            **steps,
+        },
         "refine_face": {
             "prompt": "a close up photo of <hero> person",
             "detector": "world",
@@ -70,7 +75,7 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
             "strength": 0.6,
             **steps,
         },
-        "upscale": {"prompt": f"a photo of <hero> person {place} {scene}", "tile": SIZE, "overlap": 16, **steps},
+        "upscale": {"prompt": prompt, "tile": SIZE, "overlap": 16, **steps},
     }
 
 
@@ -104,8 +109,8 @@ def contact_sheet(output_dir: Path, photos: Path, path: Path, thumb: int = 96) -
 def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | None = None) -> Path:
     """Run the demo into `output_dir`; returns the final video (metrics and contact sheet beside it)."""
     settings = settings or DemoSettings()
-    shots = world.identity_photos(settings.identity)
-    photos = world.write_identity_photos(output_dir / "photos", settings.identity)
+    photos = output_dir / "photos"
+    shots = world.write_identity_photos(photos, settings.identity)
     scene = new_scene({shot.scene for shot in shots})
     video = run_chain(demo_config(output_dir, photos, scene, settings), "demo")
     results = score(output_dir, photos, scene)

@@ -84,8 +84,13 @@ def base_traits() -> frozenset[tuple[str, ...]]:
     return frozenset(character(identity).traits for identity in range(BASE_IDENTITIES))
 
 
+def where(scene: str) -> str:
+    """How captions place a scene: "in the sky", "on the beach"."""
+    return f"{'in the' if scene == 'sky' else 'on the'} {scene}"
+
+
 def caption(who: Character, scene: str, distance: str = "medium") -> str:
-    return f"{DISTANCES[distance][0]} {who.description} {'in the' if scene == 'sky' else 'on the'} {scene}"
+    return f"{DISTANCES[distance][0]} {who.description} {where(scene)}"
 
 
 def draw_scene(scene: str, size: int, seed: int) -> Image.Image:
@@ -166,13 +171,14 @@ def identity_photos(identity: int, count: int = 5, size: int = 64, scene: str | 
     ]
 
 
-def write_identity_photos(folder: Path, identity: int, count: int = 5, scene: str | None = None) -> Path:
+def write_identity_photos(folder: Path, identity: int, count: int = 5, scene: str | None = None) -> list[Render]:
     """Save an identity's photos as PNGs with their ground-truth masks beside them (`--masks files`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, shot in enumerate(identity_photos(identity, count, scene=scene)):
+    shots = identity_photos(identity, count, scene=scene)
+    for index, shot in enumerate(shots):
         shot.image.save(folder / f"photo-{index}.png")
         Image.fromarray(shot.mask.astype(np.uint8) * 255).save(folder / f"photo-{index}{MASK_SUFFIX}")
-    return folder
+    return shots
 
 
 def clip(who: Character, scene: str, motion: str, frames: int = 8, size: int = 64, seed: int = 0) -> list[Render]:
