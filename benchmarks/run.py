@@ -1,6 +1,6 @@
 """magicme against stock diffusers, as ratios measured in one run on the same weights and inputs.
 
-    python benchmarks/run.py --size cpu      # 8 frames, 256 px, 2 steps, fp32: a few minutes on 2 cores
+    python benchmarks/run.py --size cpu      # 8 frames, 128 px, 2 steps, fp32: a few minutes on 2 cores
     python benchmarks/run.py --size gpu      # 16 frames, 512 px, 25 steps, fp16 on CUDA (the real size)
     python benchmarks/run.py --size tiny     # the tiny test model: checks the script, measures nothing useful
 
@@ -46,7 +46,7 @@ class Size:
 
 SIZES = {
     "tiny": Size(frames=8, pixels=64, steps=2, dtype=torch.float32, device="cpu", repeats=2),
-    "cpu": Size(frames=8, pixels=256, steps=2, dtype=torch.float32, device="cpu", repeats=1),
+    "cpu": Size(frames=8, pixels=128, steps=2, dtype=torch.float32, device="cpu", repeats=3),
     "gpu": Size(frames=16, pixels=512, steps=25, dtype=torch.float16, device="cuda", repeats=3),
 }
 

@@ -1,14 +1,14 @@
 """VCD's claims, measured in the miniature world with its instruments (a table for the README).
 
-    python benchmarks/world_table.py            # about 20 minutes on 2 CPU cores
+    python benchmarks/world_table.py            # about 13 minutes on 2 CPU cores
 
 Every cell is the mean ± standard deviation over held-out identities x seeds. Each identity
 is learned from five photos that share one background (as photos taken in one place do),
 then filmed in another scene:
-- ID module: no identity (the prompt alone) vs plain textual inversion (1 token, whole
-  image loss) vs VCD (4 extended tokens, masked loss): identity similarity, prompt
-  fidelity (the scene classifier agrees with the prompt) and background leakage (it picks
-  the photos' scene instead);
+- ID module: no identity (the prompt alone), the identity's traits in words (no learning),
+  plain textual inversion (1 token, whole image loss) and VCD (4 extended tokens, masked
+  loss): identity similarity, prompt fidelity (the scene classifier agrees with the prompt)
+  and background leakage (it picks the photos' scene instead);
 - the 3D noise prior's gamma: pixel flicker, motion (optical flow) and identity similarity;
 - Face VCD on "far away" clips (small faces): identity similarity of the face region;
 - Tiled VCD: identity similarity before and after 2x upscaling.
@@ -37,7 +37,7 @@ from magicme.tiling import denoise_tiled, sharpen, upscale_frames
 from magicme.training import train_identity
 from magicme.v2v import DenoiseSettings, make_denoiser
 from magicme.video_io import to_uint8
-from magicme.world_model import SIZE, world_model_paths
+from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD, far away", "tiled": "Tiled VCD"}
 HERE = Path(__file__).resolve().parent
@@ -104,14 +104,17 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     for name, module in ID_MODULES.items():
         files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
         pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=files))
-        token = "<hero>" if files else "a"
-        for seed in seeds:
-            video = GenerationSettings(prompt=prompt(token, scene), height=SIZE, width=SIZE, seed=seed)
-            frames = generate(pipe, video)
-            fidelity, leakage = scene_shares(frames, scene, photo_scene)
-            cells[f"id/{name}/identity"] += identity_scores(frames, references)
-            cells[f"id/{name}/fidelity"].append(fidelity)
-            cells[f"id/{name}/leakage"].append(leakage)
+        token = "a <hero>" if files else "a"
+        prompts = {name: prompt(token, scene)}
+        if module is None:  # what the model draws from the identity's traits in words, without learning
+            prompts["the identity in words (no learning)"] = world.caption(world.character(identity), scene)
+        for row, text in prompts.items():
+            for seed in seeds:
+                frames = generate(pipe, GenerationSettings(prompt=text, height=SIZE, width=SIZE, seed=seed))
+                fidelity, leakage = scene_shares(frames, scene, photo_scene)
+                cells[f"id/{row}/identity"] += identity_scores(frames, references)
+                cells[f"id/{row}/fidelity"].append(fidelity)
+                cells[f"id/{row}/leakage"].append(leakage)
         if module is None or module[1] != "files":
             continue
         for seed in seeds:  # the VCD identity: noise prior, Face VCD and Tiled VCD
@@ -123,7 +126,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
                 cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
             far = GenerationSettings(prompt=prompt(token, scene, "far"), height=SIZE, width=SIZE, seed=seed)
             frames = generate(pipe, far)
-            face_denoiser = make_denoiser(pipe, DenoiseSettings("a close up photo of <hero> person", 0.6, 25))
+            face_denoiser = make_denoiser(pipe, DenoiseSettings("a close up photo of a <hero> person", 0.6, 25))
             refined = refine_faces(frames, face_denoiser, world_face_detector, guide_size=SIZE)
             cells["face/off/identity"] += identity_scores(frames, references)
             cells["face/on/identity"] += identity_scores(refined, references)
@@ -132,7 +135,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
             upscaled = upscale_frames(frames, 2.0)
             cells["tiled/before (64 px)/identity"] += identity_scores(frames, references)
             cells["tiled/Lanczos 2x only/identity"] += identity_scores(upscaled, references)
-            tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, SIZE, 16), 0.2)
+            tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, TILE, TILE_OVERLAP), 0.2)
             cells["tiled/Tiled VCD 2x/identity"] += identity_scores(tiled, references)
 
 

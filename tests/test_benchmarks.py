@@ -3,7 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "run.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+BENCHMARK = BENCHMARKS / "run.py"
 
 
 def test_benchmark_script_runs_on_the_tiny_model(tmp_path: Path) -> None:
@@ -17,3 +18,13 @@ def test_benchmark_script_runs_on_the_tiny_model(tmp_path: Path) -> None:
         assert results[section][key] > 0
     assert results["t2v"]["prior_draw_seconds"] < results["t2v"]["vcd_seconds"]
     assert results["command"] == "python benchmarks/run.py --size tiny"
+
+
+def test_flags_benchmark_loads_each_setting_through_magicme_in_its_own_process(tmp_path: Path) -> None:
+    output = tmp_path / "flags.json"
+    command = [sys.executable, str(BENCHMARKS / "flags.py"), "--size", "tiny", "--output", str(output)]
+    subprocess.run([*command, "--only", "defaults", "--only=--no-vae"], check=True, capture_output=True)
+    flags = json.loads(output.read_text())["flags"]
+    assert list(flags) == ["defaults (VAE slicing on)", "--no-vae-slicing"]
+    for measured in flags.values():
+        assert measured["clip_seconds"] > 0 and measured["peak_memory_gb"] > 0

@@ -1,4 +1,6 @@
 import itertools
+import random
+import re
 
 import numpy as np
 import pytest
@@ -55,3 +57,16 @@ def test_captions_name_the_traits_and_the_scene() -> None:
     who = character(HELD_OUT_START + 2)
     text = caption(who, "beach", "far")
     assert text.startswith("a far away photo of") and who.hair in text and text.endswith("on the beach")
+
+
+def test_training_captions_vary_the_wording_but_name_only_the_characters_traits() -> None:
+    who = character(5)
+    captions = [caption(who, "city", "close", random.Random(seed)) for seed in range(200)]
+    assert len(set(captions)) > 50, "forms, orders and subsets vary"
+    assert any(text.startswith("a close up photo of a person with") for text in captions)
+    assert any(re.search(r"haired .*person on the city$", text) for text in captions), "adjectives before 'person'"
+    trait_of = {"skin": who.skin, "face": who.head, "hair": who.hair, "eye": who.eyes}
+    for text in captions:
+        for value, noun in re.findall(r"(\w+) (skin|face|hair|eye)(?:ned|ed|d|s)?\b", text):
+            assert value == trait_of[noun], text
+    assert captions == [caption(who, "city", "close", random.Random(seed)) for seed in range(200)], "deterministic"

@@ -22,7 +22,7 @@ from magicme.evaluation import Entry, Evaluator, format_table
 from magicme.files import atomic_path, write_json
 from magicme.instruments import world_instruments
 from magicme.video_io import read_video, to_uint8
-from magicme.world_model import SIZE, world_model_paths
+from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 STAGES = {"generate": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ Tiled VCD (2x)"}
 
@@ -44,7 +44,7 @@ def new_scene(photo_scenes: set[str]) -> str:
 def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettings) -> dict[str, Any]:
     """The `magicme run` config of the demo: train, generate, refine the face, upscale."""
     base, motion = world_model_paths(settings.model_dir)
-    prompt = f"a photo of <hero> person {world.where(scene)}"
+    prompt = f"a photo of a <hero> person {world.where(scene)}"
     steps = {"num_inference_steps": settings.inference_steps, "seed": settings.seed}
     return {
         "output_dir": str(output_dir),
@@ -63,19 +63,19 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
             "seed": settings.seed,
         },
         "generate": {
-            "prompt": f"a photo of <hero> person {world.where(scene)}",
+            "prompt": prompt,
             "height": SIZE,
             "width": SIZE,
             **steps,
         },
         "refine_face": {
-            "prompt": "a close up photo of <hero> person",
+            "prompt": "a close up photo of a <hero> person",
             "detector": "world",
             "guide_size": SIZE,
             "strength": 0.6,
             **steps,
         },
-        "upscale": {"prompt": prompt, "tile": SIZE, "overlap": 16, **steps},
+        "upscale": {"prompt": prompt, "tile": TILE, "overlap": TILE_OVERLAP, **steps},
     }
 
 

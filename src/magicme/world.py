@@ -56,8 +56,8 @@ class Character:
 
     @property
     def description(self) -> str:
-        extra = {"none": "", "glasses": " and glasses"}.get(self.accessory, f" and a {self.accessory}")
-        return f"a person with {self.hair} hair, {self.eyes} eyes{extra}"
+        """Every trait in words: "a person with pale skin, an oval face, red hair, blue eyes and a hat"."""
+        return describe(trait_phrases(self, adjectives=False), adjectives=False)
 
 
 @dataclass
@@ -89,8 +89,38 @@ def where(scene: str) -> str:
     return f"{'in the' if scene == 'sky' else 'on the'} {scene}"
 
 
-def caption(who: Character, scene: str, distance: str = "medium") -> str:
-    return f"{DISTANCES[distance][0]} {who.description} {where(scene)}"
+def trait_phrases(who: Character, adjectives: bool) -> list[str]:
+    """Each trait as words after "with" ("red hair") or as an adjective before "person" ("red haired")."""
+    if adjectives:
+        phrases = [f"{who.skin} skinned", f"{who.head} faced", f"{who.hair} haired", f"{who.eyes} eyed"]
+        accessory = f"{who.accessory} wearing"
+    else:
+        article = "an" if who.head[0] in "aeiou" else "a"
+        phrases = [f"{who.skin} skin", f"{article} {who.head} face", f"{who.hair} hair", f"{who.eyes} eyes"]
+        accessory = "glasses" if who.accessory == "glasses" else f"a {who.accessory}"
+    return phrases if who.accessory == "none" else [*phrases, accessory]
+
+
+def describe(phrases: list[str], adjectives: bool) -> str:
+    """A person with these traits: "a red haired blue eyed person" or "a person with red hair and blue eyes"."""
+    if adjectives:
+        return " ".join(["a", *phrases, "person"])
+    listed = ", ".join(phrases[:-1]) + f" and {phrases[-1]}" if len(phrases) > 1 else "".join(phrases)
+    return f"a person with {listed}" if phrases else "a person"
+
+
+def caption(who: Character, scene: str, distance: str = "medium", wording: random.Random | None = None) -> str:
+    """A still's caption. With `wording`, a varied one for training: either form, traits in any order, half
+    the time only some of them, so the text encoder learns to read each trait wherever it stands, the slot
+    before "person" included (where an ID module's learned tokens go)."""
+    if wording is None:
+        return f"{DISTANCES[distance][0]} {who.description} {where(scene)}"
+    adjectives = wording.random() < 0.5
+    phrases = trait_phrases(who, adjectives)
+    if wording.random() < 0.5:
+        phrases = [phrase for phrase in phrases if wording.random() < 0.6]
+    wording.shuffle(phrases)
+    return f"{DISTANCES[distance][0]} {describe(phrases, adjectives)} {where(scene)}"
 
 
 def draw_scene(scene: str, size: int, seed: int) -> Image.Image:

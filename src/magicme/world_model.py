@@ -24,6 +24,8 @@ from magicme.training import CAPTION, GENERIC_INIT_WORDS
 WORLD_MODEL = files("magicme") / "assets" / "world"
 SIZE = 64  # frame side in pixels
 FRAMES = 16  # clip length the motion module trains on
+TILE_OVERLAP = 16
+TILE = SIZE - TILE_OVERLAP  # Tiled VCD windows (a tile and its overlap) are the size the model was trained at
 TEXT_WIDTH = 64
 BLOCKS = (48, 96, 96)
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -32,6 +34,8 @@ SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 def world_words() -> list[str]:
     """Every word of the world's captions and of the ID module's captions and initial words."""
     texts = [world.caption(world.character(i), s, d) for i in range(8) for s in world.SCENES for d in world.DISTANCES]
+    everyone = [world.character(i) for i in range(world.BASE_IDENTITIES)]
+    texts += [" ".join(world.trait_phrases(who, adjectives)) for who in everyone for adjectives in (False, True)]
     texts += [*FAR_PREFIXES, *NEAR_PREFIXES, CAPTION, *GENERIC_INIT_WORDS, "walking running skin head"]
     for names in (world.SCENES, world.HAIRS, world.EYES, world.SKINS, world.HEADS, world.ACCESSORIES, world.MOTIONS):
         texts.append(" ".join(names))

@@ -48,7 +48,7 @@ class WorldTrainingSettings:
     stills: int = 12000
     clips: int = 1200
     autoencoder_steps: int = 1500
-    image_steps: int = 3500
+    image_steps: int = 5000
     motion_steps: int = 1000
     batch_size: int = 32  # stills per step (the autoencoder takes a quarter); clips take batch_size // FRAMES
     learning_rate: float = 5e-4
@@ -59,26 +59,26 @@ class WorldTrainingSettings:
 
 def render_stills(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, S, S) uint8 stills of base identities at every distance and scene, and their captions."""
-    pick, images, captions = random.Random(seed), [], []
+    pick, wording, images, captions = random.Random(seed), random.Random(f"wording {seed}"), [], []
     for _ in range(count):
         who = world.character(pick.randrange(world.BASE_IDENTITIES))
         scene, distance = pick.choice(list(world.SCENES)), pick.choice(list(world.DISTANCES))
         scale = world.DISTANCES[distance][1] * pick.uniform(0.9, 1.1)
         offset = (pick.uniform(-0.2, 0.2), pick.uniform(-0.05, 0.05))
         images.append(np.asarray(world.render(who, scene, SIZE, scale, offset, pick.randrange(2**30)).image))
-        captions.append(world.caption(who, scene, distance))
+        captions.append(world.caption(who, scene, distance, wording))
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
 
 
 def render_clips(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """(N, F, 3, S, S) uint8 clips of base identities moving, and their captions."""
-    pick, clips, captions = random.Random(seed), [], []
+    pick, wording, clips, captions = random.Random(seed), random.Random(f"wording {seed}"), [], []
     for _ in range(count):
         who = world.character(pick.randrange(world.BASE_IDENTITIES))
         scene, motion = pick.choice(list(world.SCENES)), pick.choice(world.MOTIONS)
         renders = world.clip(who, scene, motion, FRAMES, SIZE, pick.randrange(2**30))
         clips.append(np.stack([np.asarray(r.image) for r in renders]))
-        captions.append(world.caption(who, scene))
+        captions.append(world.caption(who, scene, "medium", wording))
     return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3), captions
 
 
