@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from run import SIZES, build_components, peak_memory_gb, progress, synchronize
+from run import SIZES, build_components, peak_memory_gb, progress, synchronize  # benchmarks/run.py
 
 from magicme.config import GenerationSettings, ModelSettings
 from magicme.generation import generate
@@ -79,9 +79,8 @@ def measure(base: Path, motion: Path, flags: dict, size_name: str) -> dict:
         generate(pipe, settings)
         synchronize()
         clips.append(time.perf_counter() - started)
-    return {"load_seconds": loaded, "first_clip_seconds": clips[0], "clip_seconds": clips[1]} | {
-        "peak_memory_gb": peak_memory_gb(size.device)
-    }
+    memory = peak_memory_gb(size.device)
+    return {"load_seconds": loaded, "first_clip_seconds": clips[0], "clip_seconds": clips[1], "peak_memory_gb": memory}
 
 
 def main() -> None:
