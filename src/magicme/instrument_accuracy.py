@@ -1,0 +1,77 @@
+"""How well the world's instruments do on held-out identities they never saw in training.
+
+One definition of each figure, so the test's thresholds and the README's figures
+(`python benchmarks/world_instruments.py`) measure the same thing on the same data.
+"""
+
+import numpy as np
+import torch
+
+from magicme import world
+from magicme.faces import Box
+from magicme.instruments import SCENE_NAMES, TRAITS, Examples, Instruments, render_examples
+from magicme.metrics import cosine
+
+HELD_OUT = list(range(world.HELD_OUT_START, world.HELD_OUT_START + 20))
+
+
+def held_out_examples() -> tuple[Examples, list[np.ndarray]]:
+    """300 renders of held-out identities, and the same as uint8 frames."""
+    examples = render_examples(HELD_OUT, 300, seed=7)
+    frames = [(image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for image in examples.images]
+    return examples, frames
+
+
+def scene_accuracy(instruments: Instruments, examples: Examples, frames: list[np.ndarray]) -> float:
+    predicted = instruments.classify_scenes(frames)
+    return float(np.mean([SCENE_NAMES[i] == p for i, p in zip(examples.scenes.tolist(), predicted, strict=True)]))
+
+
+def trait_accuracies(instruments: Instruments, examples: Examples) -> dict[str, float]:
+    """Per trait, the share of face crops whose trait the reader names right."""
+    logits = instruments.traits(examples.crops).split([len(v) for v in TRAITS.values()], dim=1)
+    return {
+        name: (part.argmax(dim=1) == examples.traits[:, index]).float().mean().item()
+        for index, (name, part) in enumerate(zip(TRAITS, logits, strict=True))
+    }
+
+
+def iou(a: Box, b: Box) -> float:
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0, width) * max(0, height)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def face_locator_ious(instruments: Instruments) -> list[float]:
+    """Per far, medium and close shot (180), the best IoU of a found box with the true face (0: none found)."""
+    shots = [
+        world.render(world.character(i), scene, 64, scale, (0.1, 0), seed=i)
+        for i in HELD_OUT
+        for scene in ("sky", "city", "beach")
+        for scale in (0.35, 0.6, 0.95)
+    ]
+    return [max((iou(box, s.face) for box in instruments.locate_faces(np.asarray(s.image))), default=0) for s in shots]
+
+
+def boxes_in_empty_scenes(instruments: Instruments) -> int:
+    """How many of 30 scenes with nobody in them get a face box."""
+    empty = [world.draw_scene(scene, 64, seed) for scene in world.SCENES for seed in range(5)]
+    return sum(bool(instruments.locate_faces(np.asarray(image))) for image in empty)
+
+
+def identity_top1(instruments: Instruments) -> float:
+    """Each held-out identity's photos are the reference; the share of new renders nearest their own (chance 1/20)."""
+    references = []
+    for identity in HELD_OUT:
+        embedded = [instruments.embed_face(np.asarray(shot.image)) for shot in world.identity_photos(identity)]
+        references.append(torch.stack([e for e in embedded if e is not None]).mean(dim=0))
+    correct = []
+    for index, identity in enumerate(HELD_OUT):
+        for seed, scene in enumerate(world.SCENES):
+            shot = world.render(world.character(identity), scene, 64, 0.7, (0.05 * seed - 0.1, 0), seed=seed)
+            embedding = instruments.embed_face(np.asarray(shot.image))
+            correct.append(
+                embedding is not None and cosine(embedding[None], torch.stack(references)).argmax().item() == index
+            )
+    return float(np.mean(correct))
