@@ -77,9 +77,16 @@ def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[floa
     return similarity_to_references(torch.stack(found), references).tolist() if found else []
 
 
-def scene_shares(frames: torch.Tensor, prompt_scene: str, photo_scene: str) -> tuple[float, float]:
-    scenes = world_instruments().classify_scenes(list(to_uint8(frames)))
-    return scenes.count(prompt_scene) / len(scenes), scenes.count(photo_scene) / len(scenes)
+def record_id_row(
+    cells: dict, row: str, frames: torch.Tensor, references: torch.Tensor, scenes: tuple[str, str]
+) -> None:
+    """An ID-module row's cells for one clip: identity similarity, and the shares of frames the
+    scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
+    prompt_scene, photo_scene = scenes
+    named = world_instruments().classify_scenes(list(to_uint8(frames)))
+    cells[f"id/{row}/identity"] += identity_scores(frames, references)
+    cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
+    cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
 
 
 def prompt(token: str, scene: str, distance: str = "medium") -> str:
@@ -97,9 +104,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     for seed in seeds:  # the ceiling: the world's own clips of the identity, in the prompt's scene
         truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)
         frames = torch.stack([pixels(shot.image) for shot in truth])
-        cells["id/ground truth (the world's own clip)/identity"] += identity_scores(frames, references)
-        cells["id/ground truth (the world's own clip)/fidelity"].append(scene_shares(frames, scene, photo_scene)[0])
-        cells["id/ground truth (the world's own clip)/leakage"].append(scene_shares(frames, scene, photo_scene)[1])
+        record_id_row(cells, "ground truth (the world's own clip)", frames, references, (scene, photo_scene))
     base, motion = world_model_paths()
     for name, module in ID_MODULES.items():
         files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
@@ -111,10 +116,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
         for row, text in prompts.items():
             for seed in seeds:
                 frames = generate(pipe, GenerationSettings(prompt=text, height=SIZE, width=SIZE, seed=seed))
-                fidelity, leakage = scene_shares(frames, scene, photo_scene)
-                cells[f"id/{row}/identity"] += identity_scores(frames, references)
-                cells[f"id/{row}/fidelity"].append(fidelity)
-                cells[f"id/{row}/leakage"].append(leakage)
+                record_id_row(cells, row, frames, references, (scene, photo_scene))
         if module is None or module[1] != "files":
             continue
         for seed in seeds:  # the VCD identity: noise prior, Face VCD and Tiled VCD
