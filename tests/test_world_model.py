@@ -1,11 +1,13 @@
-"""The world model: its tokenizer, its training loop, and the trained weights that ship."""
+"""The world model: its tokenizer, its training data and loop, and the trained weights that ship."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from magicme.augment import FAR_PREFIXES, NEAR_PREFIXES
 from magicme.config import GenerationSettings, ModelSettings
 from magicme.generation import generate
 from magicme.instruments import world_instruments
@@ -27,6 +29,21 @@ def test_every_world_word_is_one_token_and_other_text_still_tokenizes(tmp_path: 
     for word in world_words():
         assert tokenizer.tokenize(word) == [word + "</w>"]
     assert tokenizer.tokenize("a photo of a dog") == ["a</w>", "photo</w>", "of</w>", "a</w>", "d", "o", "g</w>"]
+
+
+def test_every_third_still_is_augmented_and_captioned_as_the_id_module_does() -> None:
+    stills, captions = render_stills(30, seed=0)
+    prefixes = "|".join(FAR_PREFIXES + NEAR_PREFIXES)
+    trait = r"\w+ (?:skinned|faced|haired|eyed|wearing) "
+    for index, (still, text) in enumerate(zip(stills, captions, strict=True)):
+        black = (still == 0).all(dim=0).float().mean().item()  # the augmentation's canvas and rotation corners
+        if index % 3:
+            assert re.fullmatch(r"a (far away |close up )?photo of a .* (on|in) the \w+", text), text
+            assert black == 0, "plain stills are the world's renders"
+        else:
+            assert re.fullmatch(f"({prefixes})photo of a ({trait})*person", text), text
+            if text.startswith(FAR_PREFIXES):
+                assert black > 0, "zoomed out onto black"
 
 
 def toy_fit(run_dir: Path, killed_after: int | None = None) -> torch.Tensor:

@@ -116,11 +116,17 @@ def caption(who: Character, scene: str, distance: str = "medium", wording: rando
     if wording is None:
         return f"{DISTANCES[distance][0]} {who.description} {where(scene)}"
     adjectives = wording.random() < 0.5
+    phrases = some_traits(who, adjectives, wording)
+    return f"{DISTANCES[distance][0]} {describe(phrases, adjectives)} {where(scene)}"
+
+
+def some_traits(who: Character, adjectives: bool, wording: random.Random) -> list[str]:
+    """The character's trait phrases in a random order, half the time only some of them."""
     phrases = trait_phrases(who, adjectives)
     if wording.random() < 0.5:
         phrases = [phrase for phrase in phrases if wording.random() < 0.6]
     wording.shuffle(phrases)
-    return f"{DISTANCES[distance][0]} {describe(phrases, adjectives)} {where(scene)}"
+    return phrases
 
 
 def draw_scene(scene: str, size: int, seed: int) -> Image.Image:

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from magicme import world
+from magicme.augment import augment
 from magicme.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
 from magicme.files import atomic_path
 from magicme.instruments import (
@@ -34,6 +35,7 @@ from magicme.instruments import (
     save_instrument,
     trait_reader,
 )
+from magicme.training import CAPTION
 from magicme.world_model import FRAMES, SIZE, build_world_motion_adapter, build_world_pipeline, write_world_tokenizer
 
 Loss = Callable[[torch.Generator], torch.Tensor]
@@ -45,7 +47,7 @@ KL_WEIGHT = 1e-8
 @dataclass
 class WorldTrainingSettings:
     seed: int = 0
-    stills: int = 12000
+    stills: int = 18000
     clips: int = 1200
     autoencoder_steps: int = 1500
     image_steps: int = 5000
@@ -58,15 +60,30 @@ class WorldTrainingSettings:
 
 
 def render_stills(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """(N, 3, S, S) uint8 stills of base identities at every distance and scene, and their captions."""
+    """(N, 3, S, S) uint8 stills of base identities at every distance and scene, and their captions.
+
+    Every third still is shown as the ID module shows a photo: augmented (zoomed out onto
+    black, or in) and captioned as it captions one ("zoomed in photo of a red haired
+    person"), the traits standing where its tokens go. So the model knows the augmentation's
+    words, as SD does, and learned tokens need not absorb them.
+    """
     pick, wording, images, captions = random.Random(seed), random.Random(f"wording {seed}"), [], []
-    for _ in range(count):
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
         who = world.character(pick.randrange(world.BASE_IDENTITIES))
         scene, distance = pick.choice(list(world.SCENES)), pick.choice(list(world.DISTANCES))
         scale = world.DISTANCES[distance][1] * pick.uniform(0.9, 1.1)
         offset = (pick.uniform(-0.2, 0.2), pick.uniform(-0.05, 0.05))
-        images.append(np.asarray(world.render(who, scene, SIZE, scale, offset, pick.randrange(2**30)).image))
-        captions.append(world.caption(who, scene, distance, wording))
+        shot = world.render(who, scene, SIZE, scale, offset, pick.randrange(2**30))
+        if index % 3:
+            images.append(np.asarray(shot.image))
+            captions.append(world.caption(who, scene, distance, wording))
+        else:
+            sample = augment(shot.image, shot.mask, SIZE, generator)
+            images.append(((sample.pixels.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+            traits = " ".join(world.some_traits(who, True, wording))
+            text = CAPTION.format(tokens=traits, class_word="person")
+            captions.append(sample.caption_prefix + " ".join(text.split()))  # no double space when no traits
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
 
 
