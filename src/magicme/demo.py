@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from magicme import world
@@ -21,10 +22,12 @@ from magicme.config import EvalSettings
 from magicme.evaluation import Entry, Evaluator, format_table
 from magicme.files import atomic_path, write_json
 from magicme.instruments import world_instruments
+from magicme.metrics import similarity_to_references
 from magicme.video_io import read_video, to_uint8
 from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 STAGES = {"generate": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ Tiled VCD (2x)"}
+LINEUP = range(world.HELD_OUT_START, world.HELD_OUT_START + 20)  # the held-out identities a video is told apart from
 
 
 @dataclass
@@ -79,15 +82,34 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
     }
 
 
-def score(output_dir: Path, photos: Path, scene: str) -> list[dict[str, Any]]:
-    """Each stage's identity similarity, face-found rate, motion and scene agreement, by the instruments."""
+def lineup_rank(frames: np.ndarray, identity: int) -> int | None:
+    """Where the identity instrument ranks `identity` among the LINEUP's 20 (1: recognised, 10.5 on
+    average by chance), by the mean similarity of the frames' faces to each one's photos; None
+    when no frame shows a face."""
+    instruments = world_instruments()
+    faces = [found for frame in frames if (found := instruments.embed_face(frame)) is not None]
+    if not faces:
+        return None
+    means = {}
+    for other in LINEUP:
+        photos = [instruments.embed_face(np.asarray(shot.image)) for shot in world.identity_photos(other)]
+        references = torch.stack([found for found in photos if found is not None])
+        means[other] = similarity_to_references(torch.stack(faces), references).mean().item()
+    return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
+
+
+def score(output_dir: Path, photos: Path, scene: str, identity: int) -> list[dict[str, Any]]:
+    """Each stage's identity similarity and lineup rank, face-found rate, motion and scene agreement,
+    by the instruments."""
     evaluator = Evaluator(EvalSettings(clip_model="none", dino_model="none", face_model="world"))
     results = []
     for stage, label in STAGES.items():
         video = output_dir / f"{stage}.mp4"
         result = evaluator.evaluate(Entry(video, "", photos)) | {"stage": label}
-        scenes = world_instruments().classify_scenes(list(to_uint8(read_video(video))))
+        frames = to_uint8(read_video(video))
+        scenes = world_instruments().classify_scenes(list(frames))
         result["scene_agreement"] = scenes.count(scene) / len(scenes)
+        result["lineup_rank"] = lineup_rank(frames, identity)
         results.append(result)
     write_json({"scene": scene, "stages": results}, output_dir / "metrics.json")
     return results
@@ -113,11 +135,13 @@ def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | N
     shots = world.write_identity_photos(photos, settings.identity)
     scene = new_scene({shot.scene for shot in shots})
     video = run_chain(demo_config(output_dir, photos, scene, settings), "demo")
-    results = score(output_dir, photos, scene)
+    results = score(output_dir, photos, scene, settings.identity)
     contact_sheet(output_dir, photos, output_dir / "contact-sheet.png")
     table = format_table(results).replace("| video |", "| stage |")
     for result in results:
         table = table.replace(f"| {Path(result['video']).name} |", f"| {result['stage']} |", 1)
     print(f"{world.character(settings.identity).description}, learned from 5 photos, {scene}:\n{table}")
     print("scene agreement: " + json.dumps({r["stage"]: round(r["scene_agreement"], 2) for r in results}))
+    ranks = json.dumps({r["stage"]: r["lineup_rank"] for r in results})
+    print(f"rank of the identity among {len(LINEUP)} held-out ones (1: recognised): {ranks}")
     return video
