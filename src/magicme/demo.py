@@ -90,11 +90,11 @@ def lineup_rank(frames: np.ndarray, identity: int) -> int | None:
     faces = [found for frame in frames if (found := instruments.embed_face(frame)) is not None]
     if not faces:
         return None
-    means = {}
+    embedded, means = torch.stack(faces), {}
     for other in LINEUP:
         photos = [instruments.embed_face(np.asarray(shot.image)) for shot in world.identity_photos(other)]
         references = torch.stack([found for found in photos if found is not None])
-        means[other] = similarity_to_references(torch.stack(faces), references).mean().item()
+        means[other] = similarity_to_references(embedded, references).mean().item()
     return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
 
 
