@@ -72,9 +72,8 @@ def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path) ->
 
 def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[float]:
     """Per frame with a face, the mean cosine of its identity embedding to the photos'."""
-    embedded = [world_instruments().embed_face(frame) for frame in to_uint8(frames)]
-    found = [e for e in embedded if e is not None]
-    return similarity_to_references(torch.stack(found), references).tolist() if found else []
+    found = world_instruments().embed_faces(to_uint8(frames))
+    return [] if found is None else similarity_to_references(found, references).tolist()
 
 
 def record_id_row(
@@ -100,7 +99,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     scene = scenes[(identity + 3) % len(scenes)]
     photos = work / f"photos-{identity}"
     shots = world.write_identity_photos(photos, identity, scene=photo_scene)
-    references = torch.stack([world_instruments().embed_face(np.asarray(s.image)) for s in shots])
+    references = world_instruments().embed_faces(np.asarray(shot.image) for shot in shots)
     for seed in seeds:  # the ceiling: the world's own clips of the identity, in the prompt's scene
         truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)
         frames = torch.stack([pixels(shot.image) for shot in truth])

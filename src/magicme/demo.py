@@ -9,6 +9,7 @@ so a second run reuses what is done.
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,13 @@ from magicme.chain import run_chain
 from magicme.config import EvalSettings
 from magicme.evaluation import Entry, Evaluator, format_table
 from magicme.files import atomic_path, write_json
+from magicme.instrument_accuracy import HELD_OUT, photo_embeddings
 from magicme.instruments import world_instruments
 from magicme.metrics import similarity_to_references
 from magicme.video_io import read_video, to_uint8
 from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 STAGES = {"generate": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ Tiled VCD (2x)"}
-LINEUP = range(world.HELD_OUT_START, world.HELD_OUT_START + 20)  # the held-out identities a video is told apart from
 
 
 @dataclass
@@ -83,19 +84,20 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
 
 
 def lineup_rank(frames: np.ndarray, identity: int) -> int | None:
-    """Where the identity instrument ranks `identity` among the LINEUP's 20 (1: recognised, 10.5 on
-    average by chance), by the mean similarity of the frames' faces to each one's photos; None
-    when no frame shows a face."""
-    instruments = world_instruments()
-    faces = [found for frame in frames if (found := instruments.embed_face(frame)) is not None]
-    if not faces:
+    """Where the identity instrument ranks `identity` among the 20 held-out ones (1: recognised,
+    10.5 on average by chance), by the mean similarity of the frames' faces to each one's photos;
+    None when no frame shows a face."""
+    faces = world_instruments().embed_faces(frames)
+    if faces is None:
         return None
-    embedded, means = torch.stack(faces), {}
-    for other in LINEUP:
-        photos = [instruments.embed_face(np.asarray(shot.image)) for shot in world.identity_photos(other)]
-        references = torch.stack([found for found in photos if found is not None])
-        means[other] = similarity_to_references(embedded, references).mean().item()
+    means = {other: similarity_to_references(faces, references).mean().item() for other, references in lineup()}
     return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
+
+
+@cache
+def lineup() -> tuple[tuple[int, torch.Tensor], ...]:
+    """Each held-out identity with its photos' embeddings, computed once for every stage's rank."""
+    return tuple((other, photo_embeddings(world_instruments(), other)) for other in HELD_OUT)
 
 
 def score(output_dir: Path, photos: Path, scene: str, identity: int) -> list[dict[str, Any]]:
@@ -143,5 +145,5 @@ def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | N
     print(f"{world.character(settings.identity).description}, learned from 5 photos, {scene}:\n{table}")
     print("scene agreement: " + json.dumps({r["stage"]: round(r["scene_agreement"], 2) for r in results}))
     ranks = json.dumps({r["stage"]: r["lineup_rank"] for r in results})
-    print(f"rank of the identity among {len(LINEUP)} held-out ones (1: recognised): {ranks}")
+    print(f"rank of the identity among {len(HELD_OUT)} held-out ones (1: recognised): {ranks}")
     return video

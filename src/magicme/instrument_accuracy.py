@@ -60,12 +60,14 @@ def boxes_in_empty_scenes(instruments: Instruments) -> int:
     return sum(bool(instruments.locate_faces(np.asarray(image))) for image in empty)
 
 
+def photo_embeddings(instruments: Instruments, identity: int) -> torch.Tensor:
+    """(R, D): the identity embeddings of a held-out identity's photos (those where a face is found)."""
+    return instruments.embed_faces(np.asarray(shot.image) for shot in world.identity_photos(identity))
+
+
 def identity_top1(instruments: Instruments) -> float:
     """Each held-out identity's photos are the reference; the share of new renders nearest their own (chance 1/20)."""
-    references = []
-    for identity in HELD_OUT:
-        embedded = [instruments.embed_face(np.asarray(shot.image)) for shot in world.identity_photos(identity)]
-        references.append(torch.stack([e for e in embedded if e is not None]).mean(dim=0))
+    references = [photo_embeddings(instruments, identity).mean(dim=0) for identity in HELD_OUT]
     correct = []
     for index, identity in enumerate(HELD_OUT):
         for seed, scene in enumerate(world.SCENES):

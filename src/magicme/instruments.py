@@ -11,6 +11,7 @@ They plug into magicme as `--detector world` (Face VCD) and `--face-model world`
 """
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -143,6 +144,11 @@ class Instruments:
         if not boxes:
             return None
         return self.embed_crops(face_crop(pixels(frame), max(boxes, key=lambda b: b[2] * b[3]))[None])[0]
+
+    def embed_faces(self, frames: Iterable[np.ndarray]) -> torch.Tensor | None:
+        """(N, D): the identity embeddings of the frames that show a face; None when none does."""
+        found = [embedding for frame in frames if (embedding := self.embed_face(frame)) is not None]
+        return torch.stack(found) if found else None
 
     @torch.no_grad()
     def embed_crops(self, crops: torch.Tensor) -> torch.Tensor:
