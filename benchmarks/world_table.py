@@ -4,11 +4,14 @@
 
 Every cell is the mean ± standard deviation over held-out identities x seeds. Each identity
 is learned from five photos that share one background (as photos taken in one place do),
-then filmed in another scene:
+then filmed in another scene. Two ceilings come first: the world's own clips of the
+identity, and the same clips through the model's autoencoder (the most any generation keeps).
 - ID module: no identity (the prompt alone), the identity's traits in words (no learning),
   plain textual inversion (1 token, whole image loss) and VCD (4 extended tokens, masked
-  loss): identity similarity, prompt fidelity (the scene classifier agrees with the prompt)
-  and background leakage (it picks the photos' scene instead);
+  loss): identity similarity, lineup rank (where the instrument ranks the identity among
+  the 20 held-out ones; 1: recognised, a clip with no face found counts as 20), prompt
+  fidelity (the scene classifier agrees with the prompt) and background leakage (it picks
+  the photos' scene instead);
 - the 3D noise prior's gamma: pixel flicker, motion (optical flow) and identity similarity;
 - Face VCD on "far away" clips (small faces) and on the usual ones: identity similarity of the face region;
 - Tiled VCD: identity similarity before and after 2x upscaling.
@@ -21,15 +24,18 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from magicme import world
 from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
 from magicme.faces import refine_faces, world_face_detector
 from magicme.generation import generate
+from magicme.instrument_accuracy import HELD_OUT, lineup_rank
 from magicme.instruments import pixels, world_instruments
 from magicme.loading import load_pipeline
 from magicme.metrics import dynamic_degree, flicker, similarity_to_references
@@ -37,7 +43,7 @@ from magicme.tiling import denoise_tiled, sharpen, upscale_frames
 from magicme.training import train_identity
 from magicme.v2v import DenoiseSettings, make_denoiser
 from magicme.video_io import to_uint8
-from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
+from magicme.world_model import GUIDANCE, SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD", "tiled": "Tiled VCD"}
 HERE = Path(__file__).resolve().parent
@@ -77,19 +83,38 @@ def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[floa
 
 
 def record_id_row(
-    cells: dict, row: str, frames: torch.Tensor, references: torch.Tensor, scenes: tuple[str, str]
+    cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor, scenes: tuple[str, str]
 ) -> None:
-    """An ID-module row's cells for one clip: identity similarity, and the shares of frames the
-    scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
+    """An ID-module row's cells for one clip: identity similarity, lineup rank, and the shares of
+    frames the scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
     prompt_scene, photo_scene = scenes
     named = world_instruments().classify_scenes(list(to_uint8(frames)))
     cells[f"id/{row}/identity"] += identity_scores(frames, references)
+    cells[f"id/{row}/rank"].append(lineup_rank(to_uint8(frames), identity) or len(HELD_OUT))
     cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
     cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
 
 
 def prompt(token: str, scene: str, distance: str = "medium") -> str:
     return f"{world.DISTANCES[distance][0]} {token} person {world.where(scene)}"
+
+
+@cache
+def autoencoder() -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(world_model_paths()[0] / "vae").float().eval()
+
+
+@torch.no_grad()
+def round_trip(frames: torch.Tensor) -> torch.Tensor:
+    """(F, 3, H, W) frames in [0, 1] encoded and decoded by the model's autoencoder: the most of
+    them that anything the model generates can keep."""
+    vae = autoencoder()
+    return ((vae.decode(vae.encode(frames * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+
+
+def clip_settings(text: str, seed: int, gamma: float = GenerationSettings.gamma) -> GenerationSettings:
+    """A clip at the world model's size and guidance."""
+    return GenerationSettings(prompt=text, height=SIZE, width=SIZE, guidance_scale=GUIDANCE, gamma=gamma, seed=seed)
 
 
 def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[str, list[float]]) -> None:
@@ -100,10 +125,12 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     photos = work / f"photos-{identity}"
     shots = world.write_identity_photos(photos, identity, scene=photo_scene)
     references = world_instruments().embed_faces(np.asarray(shot.image) for shot in shots)
-    for seed in seeds:  # the ceiling: the world's own clips of the identity, in the prompt's scene
+    for seed in seeds:  # the ceilings: the world's own clips of the identity, in the prompt's scene
         truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)
         frames = torch.stack([pixels(shot.image) for shot in truth])
-        record_id_row(cells, "ground truth (the world's own clip)", frames, references, (scene, photo_scene))
+        ceilings = {"ground truth (the world's own clip)": frames, "ground truth, autoencoded": round_trip(frames)}
+        for row, shown in ceilings.items():
+            record_id_row(cells, row, shown, identity, references, (scene, photo_scene))
     base, motion = world_model_paths()
     for name, module in ID_MODULES.items():
         files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
@@ -114,27 +141,28 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
             prompts["the identity in words (no learning)"] = world.caption(world.character(identity), scene)
         for row, text in prompts.items():
             for seed in seeds:
-                frames = generate(pipe, GenerationSettings(prompt=text, height=SIZE, width=SIZE, seed=seed))
-                record_id_row(cells, row, frames, references, (scene, photo_scene))
+                frames = generate(pipe, clip_settings(text, seed))
+                record_id_row(cells, row, frames, identity, references, (scene, photo_scene))
         if module is None or module[1] != "files":
             continue
         for seed in seeds:  # the VCD identity: noise prior, Face VCD and Tiled VCD
             for gamma in GAMMAS:
-                video = GenerationSettings(prompt=prompt(token, scene), height=SIZE, width=SIZE, seed=seed, gamma=gamma)
+                video = clip_settings(prompt(token, scene), seed, gamma=gamma)
                 frames = generate(pipe, video)
                 cells[f"gamma/{gamma}/identity"] += identity_scores(frames, references)
                 cells[f"gamma/{gamma}/flicker"].append(flicker(frames))
                 cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
-            face_denoiser = make_denoiser(pipe, DenoiseSettings("a close up photo of a <hero> person", 0.6, 25))
+            face_denoiser = make_denoiser(
+                pipe, DenoiseSettings("a close up photo of a <hero> person", 0.6, 25, guidance_scale=GUIDANCE)
+            )
             clips = {}
             for distance in ("far", "medium"):  # the far away faces Face VCD is for, and the usual ones
-                video = GenerationSettings(prompt=prompt(token, scene, distance), height=SIZE, width=SIZE, seed=seed)
-                frames = clips[distance] = generate(pipe, video)
+                frames = clips[distance] = generate(pipe, clip_settings(prompt(token, scene, distance), seed))
                 refined = refine_faces(frames, face_denoiser, world_face_detector, guide_size=SIZE)
                 cells[f"face/{distance}, off/identity"] += identity_scores(frames, references)
                 cells[f"face/{distance}, on/identity"] += identity_scores(refined, references)
             frames = clips["medium"]
-            tile_denoiser = make_denoiser(pipe, DenoiseSettings(prompt(token, scene), 0.2, 25))
+            tile_denoiser = make_denoiser(pipe, DenoiseSettings(prompt(token, scene), 0.2, 25, guidance_scale=GUIDANCE))
             upscaled = upscale_frames(frames, 2.0)
             cells["tiled/before (64 px)/identity"] += identity_scores(frames, references)
             cells["tiled/Lanczos 2x only/identity"] += identity_scores(upscaled, references)
@@ -151,13 +179,14 @@ def cell(values: list[float]) -> str:
 
 def table(cells: dict[str, list[float]]) -> str:
     lines = [
-        "| claim | setting | identity similarity | prompt fidelity | background leakage | flicker | motion px/frame |"
+        "| claim | setting | identity similarity | lineup rank | prompt fidelity | background leakage | flicker "
+        "| motion px/frame |"
     ]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|")
     rows = dict.fromkeys(key.rsplit("/", 1)[0] for key in cells)
     for row in rows:
         group, setting = row.split("/", 1)
-        values = [cell(cells.get(f"{row}/{metric}", [])) for metric in ("identity", "fidelity", "leakage")]
+        values = [cell(cells.get(f"{row}/{metric}", [])) for metric in ("identity", "rank", "fidelity", "leakage")]
         values += [cell(cells.get(f"{row}/{metric}", [])) for metric in ("flicker", "motion")]
         lines.append(f"| {CLAIMS[group]} | {setting} | " + " | ".join(values) + " |")
     return "\n".join(lines)

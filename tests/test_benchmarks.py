@@ -28,3 +28,14 @@ def test_flags_benchmark_loads_each_setting_through_magicme_in_its_own_process(t
     assert list(flags) == ["defaults (VAE slicing on)", "--no-vae-slicing"]
     for measured in flags.values():
         assert measured["clip_seconds"] > 0 and measured["peak_memory_gb"] > 0
+
+
+def test_guidance_sweep_measures_each_scale_on_the_world_model(tmp_path: Path) -> None:
+    """The figures live in the README; here only that the sweep scores every scale in range."""
+    output = tmp_path / "guidance.json"
+    command = [sys.executable, str(BENCHMARKS / "world_guidance.py"), "--identities", "1", "--scales", "3", "7.5"]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    scales = json.loads(output.read_text())["scales"]
+    assert list(scales) == ["3.0", "7.5"]
+    for measured in scales.values():
+        assert 0 <= measured["face_found"] <= 1 and 1 <= measured["rank"] <= 20 and -1 <= measured["identity"] <= 1

@@ -3,13 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from magicme import world
 from magicme.cli import main
-from magicme.demo import STAGES, DemoSettings, lineup_rank, run_demo
+from magicme.demo import STAGES, DemoSettings, run_demo
 from magicme.video_io import read_video
 
 
@@ -91,10 +90,3 @@ def test_demo_learns_a_held_out_identity_and_films_it(tmp_path: Path) -> None:
     assert metrics["scene"] not in {shot.scene for shot in world.identity_photos(DemoSettings().identity)}
     assert (tmp_path / "contact-sheet.png").is_file() and (tmp_path / "train" / "hero.safetensors").is_file()
     assert all(stage["lineup_rank"] is None or 1 <= stage["lineup_rank"] <= 20 for stage in metrics["stages"])
-
-
-def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() -> None:
-    for identity in (1002, 1004, 1011, 1017):
-        frames = np.stack([np.asarray(shot.image) for shot in world.clip(world.character(identity), "snow", "bob")])
-        assert lineup_rank(frames, identity) == 1
-    assert lineup_rank(np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2), 1004) is None

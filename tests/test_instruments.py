@@ -6,11 +6,13 @@ so a broken instrument or a bad retrain fails, while the figures quoted in the R
 
 import numpy as np
 
+from magicme import world
 from magicme.instrument_accuracy import (
     boxes_in_empty_scenes,
     face_locator_ious,
     held_out_examples,
     identity_top1,
+    lineup_rank,
     scene_accuracy,
 )
 from magicme.instruments import world_instruments
@@ -32,3 +34,10 @@ def test_identity_embedder_tells_held_out_identities_apart() -> None:
     assert (
         identity_top1(world_instruments()) >= 0.7
     )  # measured: 0.87 (head 0.70, skin 0.99, hair 0.85, eyes 0.65, accessory 0.72 right)
+
+
+def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() -> None:
+    for identity in (1002, 1004, 1011, 1017):
+        frames = np.stack([np.asarray(shot.image) for shot in world.clip(world.character(identity), "snow", "bob")])
+        assert lineup_rank(frames, identity) == 1
+    assert lineup_rank(np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2), 1004) is None

@@ -9,12 +9,10 @@ so a second run reuses what is done.
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from magicme import world
@@ -22,11 +20,10 @@ from magicme.chain import run_chain
 from magicme.config import EvalSettings
 from magicme.evaluation import Entry, Evaluator, format_table
 from magicme.files import atomic_path, write_json
-from magicme.instrument_accuracy import HELD_OUT, photo_embeddings
+from magicme.instrument_accuracy import HELD_OUT, lineup_rank
 from magicme.instruments import world_instruments
-from magicme.metrics import similarity_to_references
 from magicme.video_io import read_video, to_uint8
-from magicme.world_model import SIZE, TILE, TILE_OVERLAP, world_model_paths
+from magicme.world_model import GUIDANCE, SIZE, TILE, TILE_OVERLAP, world_model_paths
 
 STAGES = {"generate": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ Tiled VCD (2x)"}
 
@@ -49,7 +46,7 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
     """The `magicme run` config of the demo: train, generate, refine the face, upscale."""
     base, motion = world_model_paths(settings.model_dir)
     prompt = f"a photo of a <hero> person {world.where(scene)}"
-    steps = {"num_inference_steps": settings.inference_steps, "seed": settings.seed}
+    sampling = {"num_inference_steps": settings.inference_steps, "guidance_scale": GUIDANCE, "seed": settings.seed}
     return {
         "output_dir": str(output_dir),
         "model": {"base_model": str(base), "motion_adapter": str(motion), "device": "cpu"},
@@ -70,34 +67,17 @@ def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettin
             "prompt": prompt,
             "height": SIZE,
             "width": SIZE,
-            **steps,
+            **sampling,
         },
         "refine_face": {
             "prompt": "a close up photo of a <hero> person",
             "detector": "world",
             "guide_size": SIZE,
             "strength": 0.6,
-            **steps,
+            **sampling,
         },
-        "upscale": {"prompt": prompt, "tile": TILE, "overlap": TILE_OVERLAP, **steps},
+        "upscale": {"prompt": prompt, "tile": TILE, "overlap": TILE_OVERLAP, **sampling},
     }
-
-
-def lineup_rank(frames: np.ndarray, identity: int) -> int | None:
-    """Where the identity instrument ranks `identity` among the 20 held-out ones (1: recognised,
-    10.5 on average by chance), by the mean similarity of the frames' faces to each one's photos;
-    None when no frame shows a face."""
-    faces = world_instruments().embed_faces(frames)
-    if faces is None:
-        return None
-    means = {other: similarity_to_references(faces, references).mean().item() for other, references in lineup()}
-    return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
-
-
-@cache
-def lineup() -> tuple[tuple[int, torch.Tensor], ...]:
-    """Each held-out identity with its photos' embeddings, computed once for every stage's rank."""
-    return tuple((other, photo_embeddings(world_instruments(), other)) for other in HELD_OUT)
 
 
 def score(output_dir: Path, photos: Path, scene: str, identity: int) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ class WorldTrainingSettings:
     stills: int = 18000
     clips: int = 1200
     autoencoder_steps: int = 1500
-    image_steps: int = 5000
+    image_steps: int = 8000
     motion_steps: int = 1000
     batch_size: int = 32  # stills per step (the autoencoder takes a quarter); clips take batch_size // FRAMES
     learning_rate: float = 5e-4
