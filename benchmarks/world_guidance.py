@@ -23,7 +23,7 @@ from diffusers import AnimateDiffPipeline
 from magicme import world
 from magicme.config import GenerationSettings, ModelSettings
 from magicme.generation import generate
-from magicme.instrument_accuracy import HELD_OUT, lineup_rank, photo_embeddings
+from magicme.instrument_accuracy import HELD_OUT, lineup_place, photo_embeddings
 from magicme.instruments import world_instruments
 from magicme.loading import load_pipeline
 from magicme.metrics import similarity_to_references
@@ -39,6 +39,7 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
     instruments, similarities, found, ranks = world_instruments(), [], [], []
     for identity in identities:
         who, scene = world.character(identity), list(world.SCENES)[(identity + 3) % len(world.SCENES)]
+        references = photo_embeddings(instruments, identity)
         for distance in ("medium", "close"):
             text = world.caption(who, scene, distance)
             video = GenerationSettings(prompt=text, height=SIZE, width=SIZE, guidance_scale=scale, seed=0)
@@ -46,8 +47,8 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
             faces = instruments.embed_faces(frames)
             found.append(0 if faces is None else len(faces) / len(frames))
             if faces is not None:
-                similarities += similarity_to_references(faces, photo_embeddings(instruments, identity)).tolist()
-            ranks.append(lineup_rank(frames, identity) or len(HELD_OUT))
+                similarities += similarity_to_references(faces, references).tolist()
+            ranks.append(lineup_place(frames, identity))
     return {
         "identity": statistics.mean(similarities) if similarities else 0.0,
         "face_found": statistics.mean(found),

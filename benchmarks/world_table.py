@@ -35,7 +35,7 @@ from magicme import world
 from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
 from magicme.faces import refine_faces, world_face_detector
 from magicme.generation import generate
-from magicme.instrument_accuracy import HELD_OUT, lineup_rank
+from magicme.instrument_accuracy import lineup_place
 from magicme.instruments import pixels, world_instruments
 from magicme.loading import load_pipeline
 from magicme.metrics import dynamic_degree, flicker, similarity_to_references
@@ -90,7 +90,7 @@ def record_id_row(
     prompt_scene, photo_scene = scenes
     named = world_instruments().classify_scenes(list(to_uint8(frames)))
     cells[f"id/{row}/identity"] += identity_scores(frames, references)
-    cells[f"id/{row}/rank"].append(lineup_rank(to_uint8(frames), identity) or len(HELD_OUT))
+    cells[f"id/{row}/rank"].append(lineup_place(to_uint8(frames), identity))
     cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
     cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
 

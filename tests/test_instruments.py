@@ -12,6 +12,7 @@ from magicme.instrument_accuracy import (
     face_locator_ious,
     held_out_examples,
     identity_top1,
+    lineup_place,
     lineup_rank,
     scene_accuracy,
 )
@@ -40,4 +41,6 @@ def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() 
     for identity in (1002, 1004, 1011, 1017):
         frames = np.stack([np.asarray(shot.image) for shot in world.clip(world.character(identity), "snow", "bob")])
         assert lineup_rank(frames, identity) == 1
-    assert lineup_rank(np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2), 1004) is None
+    nobody = np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2)
+    assert lineup_rank(nobody, 1004) is None
+    assert lineup_place(nobody, 1004) == 20  # the benchmarks' tables place a clip without a face last

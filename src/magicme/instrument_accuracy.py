@@ -80,6 +80,11 @@ def lineup_rank(frames: Iterable[np.ndarray], identity: int) -> int | None:
     return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
 
 
+def lineup_place(frames: Iterable[np.ndarray], identity: int) -> int:
+    """The lineup rank, with a clip in which no face is found placed last: it is not recognised."""
+    return lineup_rank(frames, identity) or len(HELD_OUT)
+
+
 @cache
 def lineup() -> tuple[tuple[int, torch.Tensor], ...]:
     """Each held-out identity with its photos' embeddings, computed once for every video ranked."""
