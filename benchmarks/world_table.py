@@ -13,8 +13,9 @@ identity, and the same clips through the model's autoencoder (the most any gener
   fidelity (the scene classifier agrees with the prompt) and background leakage (it picks
   the photos' scene instead);
 - the 3D noise prior's gamma: pixel flicker, motion (optical flow) and identity similarity;
-- Face VCD on "far away" clips (small faces) and on the usual ones: identity similarity of the face region;
-- Tiled VCD: identity similarity before and after 2x upscaling.
+- Face VCD on "far away" clips (small faces) and on the usual ones: identity similarity of the face region
+  and lineup rank;
+- Tiled VCD: identity similarity, lineup rank and prompt fidelity before and after 2x upscaling.
 Writes benchmarks/results-world.json and prints the Markdown table.
 """
 
@@ -43,7 +44,16 @@ from magicme.tiling import denoise_tiled, sharpen, upscale_frames
 from magicme.training import train_identity
 from magicme.v2v import DenoiseSettings, make_denoiser
 from magicme.video_io import to_uint8
-from magicme.world_model import GUIDANCE, SIZE, TILE, TILE_OVERLAP, world_model_paths
+from magicme.world_model import (
+    FACE_STRENGTH,
+    GUIDANCE,
+    PORTRAIT,
+    SIZE,
+    TILE,
+    TILE_OVERLAP,
+    TILE_STRENGTH,
+    world_model_paths,
+)
 
 CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD", "tiled": "Tiled VCD"}
 HERE = Path(__file__).resolve().parent
@@ -55,7 +65,7 @@ ID_MODULES = {  # name -> (tokens, masks); None: no identity at all
 }
 
 
-def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path) -> Path:
+def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path, steps: int = 300) -> Path:
     """Train an identity the way the demo does; returns its file."""
     base, _ = world_model_paths()
     settings = TrainingSettings(
@@ -66,7 +76,7 @@ def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path) ->
         num_tokens=tokens,
         masks=masks,
         resolution=SIZE,
-        steps=300,
+        steps=steps,
         learning_rate=5e-3,
         validation_every=0,
         checkpoint_every=1000,
@@ -82,6 +92,12 @@ def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[floa
     return [] if found is None else similarity_to_references(found, references).tolist()
 
 
+def record_identity(cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor) -> None:
+    """A row's identity similarity and lineup rank for one clip."""
+    cells[f"{row}/identity"] += identity_scores(frames, references)
+    cells[f"{row}/rank"].append(lineup_place(to_uint8(frames), identity))
+
+
 def record_id_row(
     cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor, scenes: tuple[str, str]
 ) -> None:
@@ -89,8 +105,7 @@ def record_id_row(
     frames the scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
     prompt_scene, photo_scene = scenes
     named = world_instruments().classify_scenes(list(to_uint8(frames)))
-    cells[f"id/{row}/identity"] += identity_scores(frames, references)
-    cells[f"id/{row}/rank"].append(lineup_place(to_uint8(frames), identity))
+    record_identity(cells, f"id/{row}", frames, identity, references)
     cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
     cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
 
@@ -152,22 +167,21 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
                 cells[f"gamma/{gamma}/identity"] += identity_scores(frames, references)
                 cells[f"gamma/{gamma}/flicker"].append(flicker(frames))
                 cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
-            face_denoiser = make_denoiser(
-                pipe, DenoiseSettings("a close up photo of a <hero> person", 0.6, 25, guidance_scale=GUIDANCE)
-            )
+            face_denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, FACE_STRENGTH, 25, guidance_scale=GUIDANCE))
             clips = {}
             for distance in ("far", "medium"):  # the far away faces Face VCD is for, and the usual ones
                 frames = clips[distance] = generate(pipe, clip_settings(prompt(token, scene, distance), seed))
                 refined = refine_faces(frames, face_denoiser, world_face_detector, guide_size=SIZE)
-                cells[f"face/{distance}, off/identity"] += identity_scores(frames, references)
-                cells[f"face/{distance}, on/identity"] += identity_scores(refined, references)
+                record_identity(cells, f"face/{distance}, off", frames, identity, references)
+                record_identity(cells, f"face/{distance}, on", refined, identity, references)
             frames = clips["medium"]
-            tile_denoiser = make_denoiser(pipe, DenoiseSettings(prompt(token, scene), 0.2, 25, guidance_scale=GUIDANCE))
+            tile_denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, TILE_STRENGTH, 25, guidance_scale=GUIDANCE))
             upscaled = upscale_frames(frames, 2.0)
-            cells["tiled/before (64 px)/identity"] += identity_scores(frames, references)
-            cells["tiled/Lanczos 2x only/identity"] += identity_scores(upscaled, references)
             tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, TILE, TILE_OVERLAP), 0.2)
-            cells["tiled/Tiled VCD 2x/identity"] += identity_scores(tiled, references)
+            for row, shown in {"before (64 px)": frames, "Lanczos 2x only": upscaled, "Tiled VCD 2x": tiled}.items():
+                record_identity(cells, f"tiled/{row}", shown, identity, references)
+                named = world_instruments().classify_scenes(list(to_uint8(shown)))
+                cells[f"tiled/{row}/fidelity"].append(named.count(scene) / len(named))
 
 
 def cell(values: list[float]) -> str:

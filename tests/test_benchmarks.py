@@ -39,3 +39,14 @@ def test_guidance_sweep_measures_each_scale_on_the_world_model(tmp_path: Path) -
     assert list(scales) == ["3.0", "7.5"]
     for measured in scales.values():
         assert 0 <= measured["face_found"] <= 1 and 1 <= measured["rank"] <= 20 and -1 <= measured["identity"] <= 1
+
+
+def test_demo_chain_benchmark_measures_every_setting_on_the_world_model(tmp_path: Path) -> None:
+    """The figures live in the README; here only that each setting of the chain is measured in range."""
+    output = tmp_path / "chain.json"
+    command = [sys.executable, str(BENCHMARKS / "world_demo_chain.py"), "--identities", "1", "--training-steps", "5"]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    rows = json.loads(output.read_text())["identities"]["1000"]
+    assert len(rows) == 2 + 4 + 1 + 4  # framings, Face VCD strengths per framing, Lanczos, Tiled VCD settings
+    for measured in rows.values():
+        assert 1 <= measured["rank"] <= 20 and 0 <= measured["face_found"] <= 1 and 0 <= measured["scene"] <= 1

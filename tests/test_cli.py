@@ -90,3 +90,9 @@ def test_demo_learns_a_held_out_identity_and_films_it(tmp_path: Path) -> None:
     assert metrics["scene"] not in {shot.scene for shot in world.identity_photos(DemoSettings().identity)}
     assert (tmp_path / "contact-sheet.png").is_file() and (tmp_path / "train" / "hero.safetensors").is_file()
     assert all(stage["lineup_rank"] is None or 1 <= stage["lineup_rank"] <= 20 for stage in metrics["stages"])
+
+
+def test_demo_refuses_an_identity_the_model_was_trained_on(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--output-dir", str(tmp_path), "--identity", "7"]) == 2
+    assert "choose one of 1000 to 1019" in capsys.readouterr().err
+    assert not (tmp_path / "photos").exists()  # refused before any work

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="learn a held-out identity of the miniature world and film it (trained model, offline, CPU)"
     )
     demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
+    demo.add_argument(
+        "--identity", type=int, help="which held-out identity to learn (1000 to 1019; default 1003, see the README)"
+    )
     return parser
 
 
@@ -284,9 +287,10 @@ def run_chain_command(args: argparse.Namespace) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
-    from magicme.demo import run_demo
+    from magicme.demo import DemoSettings, run_demo
 
-    video = run_demo(args.output_dir)
+    settings = DemoSettings() if args.identity is None else DemoSettings(identity=args.identity)
+    video = run_demo(args.output_dir, settings)
     print(
         f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
     )

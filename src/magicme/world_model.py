@@ -30,6 +30,15 @@ TILE = SIZE - TILE_OVERLAP  # Tiled VCD windows (a tile and its overlap) are the
 # instrument recognises held-out identities prompted in words best at 7.5, though it finds
 # a face in fewer frames (`python benchmarks/world_guidance.py`; README).
 GUIDANCE = 7.5
+# V2V strengths for this model, as measured over held-out identities (`python
+# benchmarks/world_demo_chain.py`; README): Face VCD at 0.6 redraws faces that the instrument
+# then ranks lower, at 0.4 it keeps them; Tiled VCD at 0.2 loses more faces and more of the
+# scene than at 0.1 (a 64 px window of a 2x frame shows the character larger than any training still).
+FACE_STRENGTH = 0.4
+TILE_STRENGTH = 0.1
+# Their prompt for an identity learned as <hero>: each sees part of the frame, so it names the
+# person, not the scene (naming the scene makes every Tiled VCD window redraw it).
+PORTRAIT = "a close up photo of a <hero> person"
 TEXT_WIDTH = 64
 BLOCKS = (48, 96, 96)
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")

@@ -1,0 +1,120 @@
+"""Which settings the demo's chain uses, measured over held-out identities learned the demo's way.
+
+    python benchmarks/world_demo_chain.py            # about 16 minutes on 2 CPU cores
+
+Each identity is learned from its five photos (varied scenes, 300 steps, VCD's masked
+extended tokens), then filmed in a scene none of its photos shows, as `make demo` does.
+Compared: the framing of the T2V prompt (medium or close up); Face VCD's strength; and,
+after Face VCD at `FACE_STRENGTH` on the close-up clip, Lanczos alone against Tiled VCD at two
+strengths, with a prompt that names the person only or also the scene. Per setting: the
+mean lineup rank (where the instrument ranks the identity among the 20 held-out ones; 1:
+recognised, a clip with no face found counts as 20), how many identities rank 1, the share
+of frames with a face found, and the share the scene classifier puts in the prompt's scene.
+Writes benchmarks/results-world-demo-chain.json and prints the Markdown table.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from world_table import clip_settings, learn, prompt
+
+from magicme import world
+from magicme.config import ModelSettings
+from magicme.demo import new_scene
+from magicme.faces import refine_faces, world_face_detector
+from magicme.generation import generate
+from magicme.instrument_accuracy import HELD_OUT, lineup_place
+from magicme.instruments import world_instruments
+from magicme.loading import load_pipeline
+from magicme.tiling import denoise_tiled, sharpen, upscale_frames
+from magicme.v2v import DenoiseSettings, make_denoiser
+from magicme.video_io import to_uint8
+from magicme.world_model import FACE_STRENGTH, GUIDANCE, PORTRAIT, SIZE, TILE, TILE_OVERLAP, world_model_paths
+
+HERE = Path(__file__).resolve().parent
+FACE_STRENGTHS = (0.4, 0.6)
+TILE_STRENGTHS = (0.1, 0.2)
+
+
+def measurement(frames: torch.Tensor, identity: int, scene: str) -> dict[str, float]:
+    """One clip's lineup rank, face-found share and scene agreement."""
+    pixels = to_uint8(frames)
+    faces = world_instruments().embed_faces(pixels)
+    scenes = world_instruments().classify_scenes(list(pixels))
+    return {
+        "rank": lineup_place(pixels, identity),
+        "face_found": 0.0 if faces is None else len(faces) / len(pixels),
+        "scene": scenes.count(scene) / len(scenes),
+    }
+
+
+def measure_identity(identity: int, work: Path, training_steps: int) -> dict[str, dict[str, float]]:
+    """Every setting's measurement for one held-out identity, learned and filmed the demo's way."""
+    photos = work / f"photos-{identity}"
+    scene = new_scene({shot.scene for shot in world.write_identity_photos(photos, identity)})
+    base, motion = world_model_paths()
+    identity_file = learn(identity, photos, 4, "files", work / str(identity), training_steps)
+    pipe = load_pipeline(
+        ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=[str(identity_file)])
+    )
+    rows, clips = {}, {}
+    for distance in ("medium", "close"):
+        frames = generate(pipe, clip_settings(prompt("a <hero>", scene, distance), seed=0))
+        rows[f"T2V framing | {distance}"] = measurement(frames, identity, scene)
+        for strength in FACE_STRENGTHS:
+            denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, strength, 25, guidance_scale=GUIDANCE))
+            refined = clips[distance, strength] = refine_faces(frames, denoiser, world_face_detector, guide_size=SIZE)
+            rows[f"Face VCD strength ({distance}) | {strength}"] = measurement(refined, identity, scene)
+    upscaled = upscale_frames(clips["close", FACE_STRENGTH], 2.0)
+    rows["2x upscale (close, after Face VCD) | Lanczos only"] = measurement(upscaled, identity, scene)
+    for strength in TILE_STRENGTHS:
+        for named, text in {"person": PORTRAIT, "person and scene": f"{PORTRAIT} {world.where(scene)}"}.items():
+            denoiser = make_denoiser(pipe, DenoiseSettings(text, strength, 25, guidance_scale=GUIDANCE))
+            tiled = sharpen(denoise_tiled(upscaled, denoiser, TILE, TILE_OVERLAP), 0.2)
+            row = f"2x upscale (close, after Face VCD) | Tiled VCD {strength}, prompt names the {named}"
+            rows[row] = measurement(tiled, identity, scene)
+    return rows
+
+
+def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
+    by_row = defaultdict(list)
+    for rows in results.values():
+        for row, values in rows.items():
+            by_row[row].append(values)
+    lines = [
+        "| stage | setting | mean lineup rank | ranked 1st | face found | scene agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, values in by_row.items():
+        ranks = [value["rank"] for value in values]
+        firsts = f"{sum(rank == 1 for rank in ranks)} of {len(ranks)}"
+        found, scene = (statistics.mean(value[key] for value in values) for key in ("face_found", "scene"))
+        lines.append(f"| {row} | {statistics.mean(ranks):.2f} | {firsts} | {found:.0%} | {scene:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identities", type=int, default=8, help="held-out identities to learn")
+    parser.add_argument("--training-steps", type=int, default=300, help="ID module steps (the demo's: 300)")
+    parser.add_argument("--output", type=Path, default=HERE / "results-world-demo-chain.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        identities = HELD_OUT[: args.identities]
+        results = {identity: measure_identity(identity, Path(work), args.training_steps) for identity in identities}
+    minutes = (time.perf_counter() - started) / 60
+    record = {"command": "python benchmarks/world_demo_chain.py", "minutes": round(minutes, 1), "identities": results}
+    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    print(table(results))
+    print(f"\n{args.identities} identities, one clip each per setting; {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
