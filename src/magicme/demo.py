@@ -40,8 +40,7 @@ STAGES = {"generate": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ Tile
 @dataclass
 class DemoSettings:
     # Held out (never in the model's training), and photographed the way a user should: four of
-    # its five photos show the face close or at medium range (README: identities seen mostly far
-    # away are learned less well).
+    # its five photos show the face close or at medium range (README: how the demo was chosen).
     identity: int = world.HELD_OUT_START + 3
     training_steps: int = 300
     inference_steps: int = 25
