@@ -44,13 +44,12 @@ TILE_STRENGTHS = (0.1, 0.2)
 
 def measurement(frames: torch.Tensor, identity: int, scene: str) -> dict[str, float]:
     """One clip's lineup rank, face-found share and scene agreement."""
-    pixels = to_uint8(frames)
-    faces = world_instruments().embed_faces(pixels)
-    scenes = world_instruments().classify_scenes(list(pixels))
+    pixels, instruments = list(to_uint8(frames)), world_instruments()
+    faces = instruments.embed_faces(pixels)
     return {
-        "rank": lineup_place(pixels, identity),
+        "rank": lineup_place(faces, identity),
         "face_found": 0.0 if faces is None else len(faces) / len(pixels),
-        "scene": scenes.count(scene) / len(scenes),
+        "scene": instruments.scene_share(pixels, scene),
     }
 
 

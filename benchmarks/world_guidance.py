@@ -48,7 +48,7 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
             found.append(0 if faces is None else len(faces) / len(frames))
             if faces is not None:
                 similarities += similarity_to_references(faces, references).tolist()
-            ranks.append(lineup_place(frames, identity))
+            ranks.append(lineup_place(faces, identity))
     return {
         "identity": statistics.mean(similarities) if similarities else 0.0,
         "face_found": statistics.mean(found),

@@ -86,16 +86,16 @@ def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path, st
     return folder / "hero.safetensors"
 
 
-def identity_scores(frames: torch.Tensor, references: torch.Tensor) -> list[float]:
+def identity_scores(faces: torch.Tensor | None, references: torch.Tensor) -> list[float]:
     """Per frame with a face, the mean cosine of its identity embedding to the photos'."""
-    found = world_instruments().embed_faces(to_uint8(frames))
-    return [] if found is None else similarity_to_references(found, references).tolist()
+    return [] if faces is None else similarity_to_references(faces, references).tolist()
 
 
 def record_identity(cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor) -> None:
     """A row's identity similarity and lineup rank for one clip."""
-    cells[f"{row}/identity"] += identity_scores(frames, references)
-    cells[f"{row}/rank"].append(lineup_place(to_uint8(frames), identity))
+    faces = world_instruments().embed_faces(to_uint8(frames))
+    cells[f"{row}/identity"] += identity_scores(faces, references)
+    cells[f"{row}/rank"].append(lineup_place(faces, identity))
 
 
 def record_id_row(
@@ -104,7 +104,7 @@ def record_id_row(
     """An ID-module row's cells for one clip: identity similarity, lineup rank, and the shares of
     frames the scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
     prompt_scene, photo_scene = scenes
-    named = world_instruments().classify_scenes(list(to_uint8(frames)))
+    named = world_instruments().classify_scenes(list(to_uint8(frames)))  # one pass for both shares
     record_identity(cells, f"id/{row}", frames, identity, references)
     cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
     cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
@@ -164,7 +164,9 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
             for gamma in GAMMAS:
                 video = clip_settings(prompt(token, scene), seed, gamma=gamma)
                 frames = generate(pipe, video)
-                cells[f"gamma/{gamma}/identity"] += identity_scores(frames, references)
+                cells[f"gamma/{gamma}/identity"] += identity_scores(
+                    world_instruments().embed_faces(to_uint8(frames)), references
+                )
                 cells[f"gamma/{gamma}/flicker"].append(flicker(frames))
                 cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
             face_denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, FACE_STRENGTH, 25, guidance_scale=GUIDANCE))
@@ -180,8 +182,7 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
             tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, TILE, TILE_OVERLAP), 0.2)
             for row, shown in {"before (64 px)": frames, "Lanczos 2x only": upscaled, "Tiled VCD 2x": tiled}.items():
                 record_identity(cells, f"tiled/{row}", shown, identity, references)
-                named = world_instruments().classify_scenes(list(to_uint8(shown)))
-                cells[f"tiled/{row}/fidelity"].append(named.count(scene) / len(named))
+                cells[f"tiled/{row}/fidelity"].append(world_instruments().scene_share(list(to_uint8(shown)), scene))
 
 
 def cell(values: list[float]) -> str:

@@ -40,7 +40,7 @@ def test_identity_embedder_tells_held_out_identities_apart() -> None:
 def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() -> None:
     for identity in (1002, 1004, 1011, 1017):
         frames = np.stack([np.asarray(shot.image) for shot in world.clip(world.character(identity), "snow", "bob")])
-        assert lineup_rank(frames, identity) == 1
-    nobody = np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2)
+        assert lineup_rank(world_instruments().embed_faces(frames), identity) == 1
+    nobody = world_instruments().embed_faces(np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2))
     assert lineup_rank(nobody, 1004) is None
     assert lineup_place(nobody, 1004) == 20  # the benchmarks' tables place a clip without a face last

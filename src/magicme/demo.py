@@ -99,10 +99,9 @@ def score(output_dir: Path, photos: Path, scene: str, identity: int) -> list[dic
     for stage, label in STAGES.items():
         video = output_dir / f"{stage}.mp4"
         result = evaluator.evaluate(Entry(video, "", photos)) | {"stage": label}
-        frames = to_uint8(read_video(video))
-        scenes = world_instruments().classify_scenes(list(frames))
-        result["scene_agreement"] = scenes.count(scene) / len(scenes)
-        result["lineup_rank"] = lineup_rank(frames, identity)
+        frames, instruments = list(to_uint8(read_video(video))), world_instruments()
+        result["scene_agreement"] = instruments.scene_share(frames, scene)
+        result["lineup_rank"] = lineup_rank(instruments.embed_faces(frames), identity)
         results.append(result)
     write_json({"scene": scene, "stages": results}, output_dir / "metrics.json")
     return results

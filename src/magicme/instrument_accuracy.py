@@ -4,7 +4,6 @@ One definition of each figure, so the test's thresholds and the README's figures
 (`python benchmarks/world_instruments.py`) measure the same thing on the same data.
 """
 
-from collections.abc import Iterable
 from functools import cache
 
 import numpy as np
@@ -68,21 +67,20 @@ def photo_embeddings(instruments: Instruments, identity: int) -> torch.Tensor:
     return instruments.embed_faces(np.asarray(shot.image) for shot in world.identity_photos(identity))
 
 
-def lineup_rank(frames: Iterable[np.ndarray], identity: int) -> int | None:
+def lineup_rank(faces: torch.Tensor | None, identity: int) -> int | None:
     """Where the identity instrument ranks `identity` among the 20 held-out ones (1: recognised,
-    10.5 on average by chance), by the mean similarity of the frames' faces to each one's photos;
-    None when no frame shows a face."""
-    instruments = world_instruments()
-    faces = instruments.embed_faces(frames)
+    10.5 on average by chance), by the mean similarity of a clip's face embeddings
+    (`Instruments.embed_faces`, which callers already have) to each one's photos; None when no
+    frame shows a face."""
     if faces is None:
         return None
     means = {other: similarity_to_references(faces, references).mean().item() for other, references in lineup()}
     return sorted(means, key=means.__getitem__, reverse=True).index(identity) + 1
 
 
-def lineup_place(frames: Iterable[np.ndarray], identity: int) -> int:
+def lineup_place(faces: torch.Tensor | None, identity: int) -> int:
     """The lineup rank, with a clip in which no face is found placed last: it is not recognised."""
-    return lineup_rank(frames, identity) or len(HELD_OUT)
+    return lineup_rank(faces, identity) or len(HELD_OUT)
 
 
 @cache

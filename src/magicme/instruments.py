@@ -161,6 +161,11 @@ class Instruments:
         logits = self.scenes(torch.stack([to_input(frame, SIZE) for frame in frames]))
         return [SCENE_NAMES[i] for i in logits.argmax(dim=1).tolist()]
 
+    def scene_share(self, frames: list[np.ndarray], scene: str) -> float:
+        """The share of frames the scene classifier puts in `scene`."""
+        named = self.classify_scenes(frames)
+        return named.count(scene) / len(named)
+
 
 def trait_reader() -> Classifier:
     return Classifier(sum(len(v) for v in TRAITS.values()))
