@@ -26,9 +26,9 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from run import SIZES, build_components, peak_memory_gb, progress, synchronize  # benchmarks/run.py
 
-from magicme.config import GenerationSettings, ModelSettings
-from magicme.generation import generate
-from magicme.loading import CONFIGS, load_pipeline
+from magicme.models.loading import CONFIGS, load_pipeline
+from magicme.settings import GenerationSettings, ModelSettings
+from magicme.t2v.generate import generate
 
 HERE = Path(__file__).resolve().parent
 FLAGS = {  # what `magicme generate` is given -> the ModelSettings it sets

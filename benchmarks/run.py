@@ -9,6 +9,7 @@ exactly what real ones do. Results print as Markdown and are saved as JSON (--ou
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -23,15 +24,15 @@ import torch
 from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from magicme.config import GenerationSettings, TrainingSettings
-from magicme.faces import refine_faces
-from magicme.generation import generate
-from magicme.loading import CONFIGS
-from magicme.noise_prior import sample_noise_prior
-from magicme.tiling import denoise_tiled, upscale_frames
-from magicme.tiny import build_tiny_model
-from magicme.training import IdentityTrainer, draw_batch
-from magicme.v2v import DenoiseSettings, make_denoiser
+from magicme.identity.train import IdentityTrainer, draw_batch
+from magicme.models.loading import CONFIGS
+from magicme.settings import FaceSettings, GenerationSettings, TrainingSettings, UpscaleSettings
+from magicme.t2v.generate import generate
+from magicme.t2v.noise_prior import sample_noise_prior
+from magicme.testing.tiny import build_tiny_model
+from magicme.v2v.denoiser import make_denoiser, noise_field_for
+from magicme.v2v.faces import refine_faces
+from magicme.v2v.tiles import tiled_vcd
 
 
 @dataclass
@@ -204,7 +205,7 @@ def bench_training(components: dict, size: Size) -> dict:
     from PIL import Image
     from torch.nn.utils import parametrize
 
-    from magicme.photos import Photo
+    from magicme.identity.photos import Photo
 
     rng = np.random.default_rng(0)
     side = size.pixels
@@ -255,21 +256,25 @@ def bench_training(components: dict, size: Size) -> dict:
 
 def bench_refinement(pipe: AnimateDiffPipeline, size: Size, frames: torch.Tensor, t2v_seconds: float) -> dict:
     """Face VCD (strength 0.8, guide = clip size) plus Tiled VCD (2x, tiles = clip size, strength 0.2)."""
-    face = make_denoiser(pipe, DenoiseSettings("a close up photo of a woman", 0.8, num_inference_steps=size.steps))
+    face_settings = FaceSettings("a close up photo of a woman", num_inference_steps=size.steps)
+    face = make_denoiser(pipe, face_settings)
     steps_for_tiles = max(size.steps, 5)  # 0.2 x steps must leave one step at the CPU size
-    tiles = make_denoiser(pipe, DenoiseSettings("a photo of a woman", 0.2, num_inference_steps=steps_for_tiles))
+    tile_settings = UpscaleSettings("a photo of a woman", num_inference_steps=steps_for_tiles, sharpen=0.0)
+    tile_settings = dataclasses.replace(tile_settings, tile=size.pixels, overlap=size.pixels // 8)
+    tiles = make_denoiser(pipe, tile_settings)
     center = size.pixels // 2
 
     def face_vcd():
         box = (center - size.pixels // 8, center - size.pixels // 8, size.pixels // 4, size.pixels // 4)
-        return refine_faces(frames, face, detector=lambda frame: [box], guide_size=size.pixels)
+        noise = noise_field_for(pipe, face_settings).draw
+        return refine_faces(frames, face, noise, detector=lambda frame: [box], guide_size=size.pixels)
 
-    def tiled_vcd():
-        return denoise_tiled(upscale_frames(frames, 2), tiles, tile=size.pixels, overlap=size.pixels // 8)
+    def upscale():
+        return tiled_vcd(frames, tiles, noise_field_for(pipe, tile_settings).draw, tile_settings)
 
     reset_peak(size.device)
     face_seconds, _ = timed(face_vcd, 1, warmup=False)  # the model is warm from the T2V runs
-    tiled_seconds, _ = timed(tiled_vcd, 1, warmup=False)
+    tiled_seconds, _ = timed(upscale, 1, warmup=False)
     return {
         "face_seconds": face_seconds,
         "tiled_seconds": tiled_seconds,

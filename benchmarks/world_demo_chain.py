@@ -5,7 +5,7 @@
 Each identity is learned from its five photos (varied scenes, 300 steps, VCD's masked
 extended tokens), then filmed in a scene none of its photos shows, as `make demo` does.
 Compared: the framing of the T2V prompt (medium or close up); Face VCD's strength; and,
-after Face VCD at `FACE_STRENGTH` on the close-up clip, Lanczos alone against Tiled VCD at two
+after Face VCD at the recipe's strength on the close-up clip, Lanczos alone against Tiled VCD at two
 strengths, with a prompt that names the person only or also the scene. Per setting: the
 mean lineup rank (where the instrument ranks the identity among the 20 held-out ones; 1:
 recognised, a clip with no face found counts as 20), how many identities rank 1, the share
@@ -22,20 +22,22 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from world_table import clip_settings, learn, prompt
+from world_table import learn
 
-from magicme import world
-from magicme.config import ModelSettings
-from magicme.demo import new_scene
-from magicme.faces import refine_faces, world_face_detector
-from magicme.generation import generate
-from magicme.instrument_accuracy import HELD_OUT, lineup_place
-from magicme.instruments import world_instruments
-from magicme.loading import load_pipeline
-from magicme.tiling import denoise_tiled, sharpen, upscale_frames
-from magicme.v2v import DenoiseSettings, make_denoiser
-from magicme.video_io import to_uint8
-from magicme.world_model import FACE_STRENGTH, GUIDANCE, PORTRAIT, SIZE, TILE, TILE_OVERLAP, world_model_paths
+from magicme.io.video import to_uint8
+from magicme.models.loading import load_pipeline
+from magicme.registry import face_detector
+from magicme.settings import ModelSettings
+from magicme.t2v.generate import generate
+from magicme.v2v.denoiser import make_denoiser, noise_field_for
+from magicme.v2v.faces import refine_faces
+from magicme.v2v.tiles import tiled_vcd, upscale_frames
+from magicme.world import scenes
+from magicme.world.accuracy import HELD_OUT, lineup_place
+from magicme.world.demo import new_scene
+from magicme.world.instruments import world_instruments
+from magicme.world.model import world_model_paths
+from magicme.world.recipe import RECIPE
 
 HERE = Path(__file__).resolve().parent
 FACE_STRENGTHS = (0.4, 0.6)
@@ -56,26 +58,33 @@ def measurement(frames: torch.Tensor, identity: int, scene: str) -> dict[str, fl
 def measure_identity(identity: int, work: Path, training_steps: int) -> dict[str, dict[str, float]]:
     """Every setting's measurement for one held-out identity, learned and filmed the demo's way."""
     photos = work / f"photos-{identity}"
-    scene = new_scene({shot.scene for shot in world.write_identity_photos(photos, identity)})
+    scene = new_scene({shot.scene for shot in scenes.write_identity_photos(photos, identity)})
     base, motion = world_model_paths()
-    identity_file = learn(identity, photos, 4, "files", work / str(identity), training_steps)
+    identity_file = learn(identity, photos, RECIPE.num_tokens, RECIPE.masks, work / str(identity), training_steps)
     pipe = load_pipeline(
         ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=[str(identity_file)])
     )
     rows, clips = {}, {}
     for distance in ("medium", "close"):
-        frames = generate(pipe, clip_settings(prompt("a <hero>", scene, distance), seed=0))
+        frames = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, distance)))
         rows[f"T2V framing | {distance}"] = measurement(frames, identity, scene)
         for strength in FACE_STRENGTHS:
-            denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, strength, 25, guidance_scale=GUIDANCE))
-            refined = clips[distance, strength] = refine_faces(frames, denoiser, world_face_detector, guide_size=SIZE)
+            face = RECIPE.face(strength=strength)
+            detector, noise = face_detector(face.detector), noise_field_for(pipe, face).draw
+            refined = refine_faces(frames, make_denoiser(pipe, face), noise, detector, guide_size=face.guide_size)
+            clips[distance, strength] = refined
             rows[f"Face VCD strength ({distance}) | {strength}"] = measurement(refined, identity, scene)
-    upscaled = upscale_frames(clips["close", FACE_STRENGTH], 2.0)
-    rows["2x upscale (close, after Face VCD) | Lanczos only"] = measurement(upscaled, identity, scene)
+    chosen = clips["close", RECIPE.face_strength]
+    rows["2x upscale (close, after Face VCD) | Lanczos only"] = measurement(
+        upscale_frames(chosen, 2.0), identity, scene
+    )
     for strength in TILE_STRENGTHS:
-        for named, text in {"person": PORTRAIT, "person and scene": f"{PORTRAIT} {world.where(scene)}"}.items():
-            denoiser = make_denoiser(pipe, DenoiseSettings(text, strength, 25, guidance_scale=GUIDANCE))
-            tiled = sharpen(denoise_tiled(upscaled, denoiser, TILE, TILE_OVERLAP), 0.2)
+        for named, text in {
+            "person": RECIPE.portrait,
+            "person and scene": f"{RECIPE.portrait} {scenes.where(scene)}",
+        }.items():
+            upscale = RECIPE.upscale(prompt=text, strength=strength)
+            tiled = tiled_vcd(chosen, make_denoiser(pipe, upscale), noise_field_for(pipe, upscale).draw, upscale)
             row = f"2x upscale (close, after Face VCD) | Tiled VCD {strength}, prompt names the {named}"
             rows[row] = measurement(tiled, identity, scene)
     return rows
@@ -101,7 +110,7 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=8, help="held-out identities to learn")
-    parser.add_argument("--training-steps", type=int, default=300, help="ID module steps (the demo's: 300)")
+    parser.add_argument("--training-steps", type=int, default=RECIPE.training_steps, help="ID module steps")
     parser.add_argument("--output", type=Path, default=HERE / "results-world-demo-chain.json")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -8,7 +8,7 @@ measures the model's own drawing, not an ID module. Per guidance scale: the iden
 similarity of the frames' faces to the identity's photos, the share of frames with a face
 found, and the lineup rank (where the instrument ranks the identity among the 20 held-out
 ones; 1: recognised, a clip with no face found counts as 20). The chosen scale is
-`magicme.world_model.GUIDANCE`. Writes benchmarks/results-world-guidance.json and prints
+`magicme.world.recipe.RECIPE.guidance`. Writes benchmarks/results-world-guidance.json and prints
 the Markdown table.
 """
 
@@ -20,15 +20,15 @@ from pathlib import Path
 
 from diffusers import AnimateDiffPipeline
 
-from magicme import world
-from magicme.config import GenerationSettings, ModelSettings
-from magicme.generation import generate
-from magicme.instrument_accuracy import HELD_OUT, lineup_place, photo_embeddings
-from magicme.instruments import world_instruments
-from magicme.loading import load_pipeline
-from magicme.metrics import similarity_to_references
-from magicme.video_io import to_uint8
-from magicme.world_model import SIZE, world_model_paths
+from magicme.eval.metrics import similarity_to_references
+from magicme.io.video import to_uint8
+from magicme.models.loading import load_pipeline
+from magicme.settings import GenerationSettings, ModelSettings
+from magicme.t2v.generate import generate
+from magicme.world import scenes
+from magicme.world.accuracy import HELD_OUT, lineup_place, photo_embeddings
+from magicme.world.instruments import world_instruments
+from magicme.world.model import SIZE, world_model_paths
 
 HERE = Path(__file__).resolve().parent
 SCALES = (2.0, 3.0, 5.0, 7.5)
@@ -38,10 +38,10 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
     """Mean identity similarity, face-found share and lineup rank over the identities' clips at `scale`."""
     instruments, similarities, found, ranks = world_instruments(), [], [], []
     for identity in identities:
-        who, scene = world.character(identity), list(world.SCENES)[(identity + 3) % len(world.SCENES)]
+        who, scene = scenes.character(identity), list(scenes.SCENES)[(identity + 3) % len(scenes.SCENES)]
         references = photo_embeddings(instruments, identity)
         for distance in ("medium", "close"):
-            text = world.caption(who, scene, distance)
+            text = scenes.caption(who, scene, distance)
             video = GenerationSettings(prompt=text, height=SIZE, width=SIZE, guidance_scale=scale, seed=0)
             frames = to_uint8(generate(pipe, video))
             faces = instruments.embed_faces(frames)

@@ -2,13 +2,13 @@
 
     python benchmarks/world_instruments.py      # a few seconds
 
-The same measurements (magicme.instrument_accuracy) as tests/test_instruments.py, which
+The same measurements (magicme.world.accuracy) as tests/test_instruments.py, which
 checks thresholds below these figures.
 """
 
 import numpy as np
 
-from magicme.instrument_accuracy import (
+from magicme.world.accuracy import (
     boxes_in_empty_scenes,
     face_locator_ious,
     held_out_examples,
@@ -16,7 +16,7 @@ from magicme.instrument_accuracy import (
     scene_accuracy,
     trait_accuracies,
 )
-from magicme.instruments import world_instruments
+from magicme.world.instruments import world_instruments
 
 
 def main() -> None:

@@ -32,28 +32,21 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from magicme import world
-from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
-from magicme.faces import refine_faces, world_face_detector
-from magicme.generation import generate
-from magicme.instrument_accuracy import lineup_place
-from magicme.instruments import pixels, world_instruments
-from magicme.loading import load_pipeline
-from magicme.metrics import dynamic_degree, flicker, similarity_to_references
-from magicme.tiling import denoise_tiled, sharpen, upscale_frames
-from magicme.training import train_identity
-from magicme.v2v import DenoiseSettings, make_denoiser
-from magicme.video_io import to_uint8
-from magicme.world_model import (
-    FACE_STRENGTH,
-    GUIDANCE,
-    PORTRAIT,
-    SIZE,
-    TILE,
-    TILE_OVERLAP,
-    TILE_STRENGTH,
-    world_model_paths,
-)
+from magicme.eval.metrics import dynamic_degree, flicker, similarity_to_references
+from magicme.identity.train import train_identity
+from magicme.io.video import from_uint8, to_uint8
+from magicme.models.loading import load_pipeline
+from magicme.registry import face_detector
+from magicme.settings import ModelSettings
+from magicme.t2v.generate import generate
+from magicme.v2v.denoiser import make_denoiser, noise_field_for
+from magicme.v2v.faces import refine_faces
+from magicme.v2v.tiles import tiled_vcd, upscale_frames
+from magicme.world import scenes
+from magicme.world.accuracy import lineup_place
+from magicme.world.instruments import world_instruments
+from magicme.world.model import world_model_paths
+from magicme.world.recipe import RECIPE
 
 CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD", "tiled": "Tiled VCD"}
 HERE = Path(__file__).resolve().parent
@@ -65,25 +58,11 @@ ID_MODULES = {  # name -> (tokens, masks); None: no identity at all
 }
 
 
-def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path, steps: int = 300) -> Path:
-    """Train an identity the way the demo does; returns its file."""
-    base, _ = world_model_paths()
-    settings = TrainingSettings(
-        photos=str(photos),
-        name="hero",
-        base_model=str(base),
-        output_dir=str(folder),
-        num_tokens=tokens,
-        masks=masks,
-        resolution=SIZE,
-        steps=steps,
-        learning_rate=5e-3,
-        validation_every=0,
-        checkpoint_every=1000,
-        device="cpu",
-    )
-    train_identity(settings)
-    return folder / "hero.safetensors"
+def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path, steps: int | None = None) -> Path:
+    """Train an identity the recipe's way (with `tokens` and `masks`); returns its file."""
+    changes = {"output_dir": str(folder), "num_tokens": tokens, "masks": masks, "checkpoint_every": 1000}
+    train_identity(RECIPE.training(photos, steps=steps or RECIPE.training_steps, **changes))
+    return folder / f"{RECIPE.name}.safetensors"
 
 
 def identity_scores(faces: torch.Tensor | None, references: torch.Tensor) -> list[float]:
@@ -99,19 +78,15 @@ def record_identity(cells: dict, row: str, frames: torch.Tensor, identity: int, 
 
 
 def record_id_row(
-    cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor, scenes: tuple[str, str]
+    cells: dict, row: str, frames: torch.Tensor, identity: int, references: torch.Tensor, scene_pair: tuple[str, str]
 ) -> None:
     """An ID-module row's cells for one clip: identity similarity, lineup rank, and the shares of
     frames the scene classifier puts in the prompt's scene (fidelity) and in the photos' scene (leakage)."""
-    prompt_scene, photo_scene = scenes
+    prompt_scene, photo_scene = scene_pair
     named = world_instruments().classify_scenes(list(to_uint8(frames)))  # one pass for both shares
     record_identity(cells, f"id/{row}", frames, identity, references)
     cells[f"id/{row}/fidelity"].append(named.count(prompt_scene) / len(named))
     cells[f"id/{row}/leakage"].append(named.count(photo_scene) / len(named))
-
-
-def prompt(token: str, scene: str, distance: str = "medium") -> str:
-    return f"{world.DISTANCES[distance][0]} {token} person {world.where(scene)}"
 
 
 @cache
@@ -127,22 +102,17 @@ def round_trip(frames: torch.Tensor) -> torch.Tensor:
     return ((vae.decode(vae.encode(frames * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
 
 
-def clip_settings(text: str, seed: int, gamma: float = GenerationSettings.gamma) -> GenerationSettings:
-    """A clip at the world model's size and guidance."""
-    return GenerationSettings(prompt=text, height=SIZE, width=SIZE, guidance_scale=GUIDANCE, gamma=gamma, seed=seed)
-
-
 def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[str, list[float]]) -> None:
     """Every row's measurements for one held-out identity, appended to `cells`."""
-    scenes = list(world.SCENES)
-    photo_scene = scenes[identity % len(scenes)]
-    scene = scenes[(identity + 3) % len(scenes)]
+    names = list(scenes.SCENES)
+    photo_scene = names[identity % len(names)]
+    scene = names[(identity + 3) % len(names)]
     photos = work / f"photos-{identity}"
-    shots = world.write_identity_photos(photos, identity, scene=photo_scene)
+    shots = scenes.write_identity_photos(photos, identity, scene=photo_scene)
     references = world_instruments().embed_faces(np.asarray(shot.image) for shot in shots)
     for seed in seeds:  # the ceilings: the world's own clips of the identity, in the prompt's scene
-        truth = world.clip(world.character(identity), scene, world.MOTIONS[seed % len(world.MOTIONS)], seed=seed)
-        frames = torch.stack([pixels(shot.image) for shot in truth])
+        truth = scenes.clip(scenes.character(identity), scene, scenes.MOTIONS[seed % len(scenes.MOTIONS)], seed=seed)
+        frames = from_uint8(np.stack([np.asarray(shot.image) for shot in truth]))
         ceilings = {"ground truth (the world's own clip)": frames, "ground truth, autoencoded": round_trip(frames)}
         for row, shown in ceilings.items():
             record_id_row(cells, row, shown, identity, references, (scene, photo_scene))
@@ -150,36 +120,36 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
     for name, module in ID_MODULES.items():
         files = [] if module is None else [str(learn(identity, photos, *module, work / f"{identity}-{module[0]}"))]
         pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=files))
-        token = "a <hero>" if files else "a"
-        prompts = {name: prompt(token, scene)}
+        token = None if files else "a"
+        prompts = {name: RECIPE.prompt(scene, "medium", token)}
         if module is None:  # what the model draws from the identity's traits in words, without learning
-            prompts["the identity in words (no learning)"] = world.caption(world.character(identity), scene)
+            prompts["the identity in words (no learning)"] = scenes.caption(scenes.character(identity), scene)
         for row, text in prompts.items():
             for seed in seeds:
-                frames = generate(pipe, clip_settings(text, seed))
+                frames = generate(pipe, RECIPE.generation(text, seed))
                 record_id_row(cells, row, frames, identity, references, (scene, photo_scene))
         if module is None or module[1] != "files":
             continue
         for seed in seeds:  # the VCD identity: noise prior, Face VCD and Tiled VCD
             for gamma in GAMMAS:
-                video = clip_settings(prompt(token, scene), seed, gamma=gamma)
-                frames = generate(pipe, video)
+                frames = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, "medium"), seed, gamma=gamma))
                 cells[f"gamma/{gamma}/identity"] += identity_scores(
                     world_instruments().embed_faces(to_uint8(frames)), references
                 )
                 cells[f"gamma/{gamma}/flicker"].append(flicker(frames))
                 cells[f"gamma/{gamma}/motion"].append(dynamic_degree(frames))
-            face_denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, FACE_STRENGTH, 25, guidance_scale=GUIDANCE))
+            face = RECIPE.face(seed)
+            face_denoiser, detector = make_denoiser(pipe, face), face_detector(face.detector)
             clips = {}
             for distance in ("far", "medium"):  # the far away faces Face VCD is for, and the usual ones
-                frames = clips[distance] = generate(pipe, clip_settings(prompt(token, scene, distance), seed))
-                refined = refine_faces(frames, face_denoiser, world_face_detector, guide_size=SIZE)
+                frames = clips[distance] = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, distance), seed))
+                noise = noise_field_for(pipe, face).draw
+                refined = refine_faces(frames, face_denoiser, noise, detector, guide_size=face.guide_size)
                 record_identity(cells, f"face/{distance}, off", frames, identity, references)
                 record_identity(cells, f"face/{distance}, on", refined, identity, references)
-            frames = clips["medium"]
-            tile_denoiser = make_denoiser(pipe, DenoiseSettings(PORTRAIT, TILE_STRENGTH, 25, guidance_scale=GUIDANCE))
-            upscaled = upscale_frames(frames, 2.0)
-            tiled = sharpen(denoise_tiled(upscaled, tile_denoiser, TILE, TILE_OVERLAP), 0.2)
+            frames, upscale = clips["medium"], RECIPE.upscale(seed)
+            tiled = tiled_vcd(frames, make_denoiser(pipe, upscale), noise_field_for(pipe, upscale).draw, upscale)
+            upscaled = upscale_frames(frames, upscale.factor)
             for row, shown in {"before (64 px)": frames, "Lanczos 2x only": upscaled, "Tiled VCD 2x": tiled}.items():
                 record_identity(cells, f"tiled/{row}", shown, identity, references)
                 cells[f"tiled/{row}/fidelity"].append(world_instruments().scene_share(list(to_uint8(shown)), scene))
@@ -215,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     started, cells = time.perf_counter(), defaultdict(list)
     with tempfile.TemporaryDirectory() as work:
-        for identity in range(world.HELD_OUT_START, world.HELD_OUT_START + args.identities):
+        for identity in range(scenes.HELD_OUT_START, scenes.HELD_OUT_START + args.identities):
             measure_identity(identity, list(range(args.seeds)), Path(work), cells)
     minutes = (time.perf_counter() - started) / 60
     record = {"command": "python benchmarks/world_table.py", "minutes": round(minutes, 1), "cells": cells}

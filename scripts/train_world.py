@@ -13,8 +13,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from magicme.world_model import WORLD_MODEL
-from magicme.world_training import WorldTrainingSettings, export_world_model, train_instruments, train_world_model
+from magicme.world.model import WORLD_MODEL
+from magicme.world.train import WorldTrainingSettings, export_world_model, train_instruments, train_world_model
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from magicme.config import GenerationSettings, ModelSettings
-from magicme.identity import Identity, save_identity
-from magicme.loading import load_pipeline
-from magicme.tiny import TEXT_WIDTH, save_tiny_model
+from magicme.identity.files import Identity, save_identity
+from magicme.models.loading import load_pipeline
+from magicme.settings import GenerationSettings, ModelSettings
+from magicme.testing.tiny import TEXT_WIDTH, save_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def astronaut():
     import skimage.data
     from PIL import Image
 
-    from magicme.photos import Photo
+    from magicme.identity.photos import Photo
 
     return Photo(Path("astronaut.png"), Image.fromarray(skimage.data.astronaut()), "astronaut")
 
@@ -76,7 +76,7 @@ def astronaut_folder(tmp_path_factory: pytest.TempPathFactory, astronaut) -> Pat
 
 def record_unet_calls(pipe, settings: GenerationSettings) -> list[tuple[tuple, dict]]:
     """Generate once and return every (args, kwargs) the UNet was called with, inputs cloned."""
-    from magicme.generation import generate
+    from magicme.t2v.generate import generate
 
     calls: list[tuple[tuple, dict]] = []
 

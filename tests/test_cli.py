@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from magicme import world
 from magicme.cli import main
-from magicme.demo import STAGES, DemoSettings, run_demo
-from magicme.video_io import read_video
+from magicme.io.video import read_video
+from magicme.world import scenes
+from magicme.world.demo import STAGES, DemoSettings, run_demo
 
 
 @pytest.fixture
@@ -84,11 +84,11 @@ def test_help_lists_every_option_and_examples() -> None:
 def test_demo_learns_a_held_out_identity_and_films_it(tmp_path: Path) -> None:
     video = run_demo(tmp_path, DemoSettings(training_steps=10, inference_steps=10))  # the real one trains longer
     assert read_video(video).shape == (16, 3, 128, 128)
-    assert json.loads((tmp_path / "generate.json").read_text())["generation"]["gamma"] == 0.1
+    assert json.loads((tmp_path / "generation.json").read_text())["generation"]["gamma"] == 0.1
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [stage["stage"] for stage in metrics["stages"]] == list(STAGES.values())
-    assert metrics["scene"] not in {shot.scene for shot in world.identity_photos(DemoSettings().identity)}
-    assert (tmp_path / "contact-sheet.png").is_file() and (tmp_path / "train" / "hero.safetensors").is_file()
+    assert metrics["scene"] not in {shot.scene for shot in scenes.identity_photos(DemoSettings().identity)}
+    assert (tmp_path / "contact-sheet.png").is_file() and (tmp_path / "training" / "hero.safetensors").is_file()
     assert all(stage["lineup_rank"] is None or 1 <= stage["lineup_rank"] <= 20 for stage in metrics["stages"])
 
 

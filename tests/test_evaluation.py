@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from magicme.cli import main
-from magicme.encoders import dlib_face_embedder
-from magicme.evaluation import format_table, prompt_for_clip
-from magicme.metrics import (
+from magicme.eval.encoders import dlib_face_embedder
+from magicme.eval.evaluate import format_table, prompt_for_clip
+from magicme.eval.metrics import (
     cosine,
     dynamic_degree,
     flicker,
@@ -17,7 +17,7 @@ from magicme.metrics import (
     summary,
     temporal_consistency,
 )
-from magicme.video_io import save_video
+from magicme.io.video import save_video
 
 
 def moving_gradient(frames: int = 8, size: int = 64, shift: int = 2) -> torch.Tensor:
@@ -95,7 +95,7 @@ def tiny_encoders(tmp_path_factory) -> tuple[Path, Path]:
         ViTModel,
     )
 
-    from magicme.loading import CONFIGS
+    from magicme.models.loading import CONFIGS
 
     torch.manual_seed(0)
     tower = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}

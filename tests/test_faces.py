@@ -1,7 +1,10 @@
+import dataclasses
+
 import numpy as np
 import torch
 
-from magicme.faces import (
+from magicme.t2v.noise_prior import NoiseField
+from magicme.v2v.faces import (
     crop_region,
     feather_mask,
     fill_missing,
@@ -9,6 +12,8 @@ from magicme.faces import (
     opencv_face_detector,
     refine_faces,
 )
+
+NOISE = NoiseField(gamma=0.1, seed=0).draw
 
 
 def test_default_detector_finds_the_astronaut_and_nothing_in_noise(astronaut) -> None:
@@ -47,7 +52,7 @@ def test_crop_region_covers_every_box_with_context() -> None:
 def test_paste_back_changes_nothing_outside_the_feathered_box() -> None:
     frames = torch.rand(4, 3, 128, 160, generator=torch.Generator().manual_seed(0))
     box = (60, 40, 24, 24)
-    refined = refine_faces(frames, lambda crop: 1 - crop, detector=lambda frame: [box], guide_size=64)
+    refined = refine_faces(frames, lambda crop, noise: 1 - crop, NOISE, detector=lambda frame: [box], guide_size=64)
     x, y, side = crop_region([box] * 4, 3.0, 128, 160)
     changed = (refined != frames).any(dim=(0, 1))
     outside = torch.ones_like(changed)
@@ -60,7 +65,7 @@ def test_paste_back_changes_nothing_outside_the_feathered_box() -> None:
 
 def test_no_face_passes_the_video_through(caplog) -> None:
     frames = torch.rand(3, 3, 64, 64)
-    assert refine_faces(frames, lambda crop: crop * 0, detector=lambda frame: []) is frames
+    assert refine_faces(frames, lambda crop, noise: crop * 0, NOISE, detector=lambda frame: []) is frames
     assert "no face found in any frame" in caplog.text
 
 
@@ -68,12 +73,29 @@ def test_largest_only_refines_one_face() -> None:
     frames = torch.rand(2, 3, 128, 256, generator=torch.Generator().manual_seed(1))
     faces = [(20, 20, 30, 30), (180, 30, 20, 20)]
     calls = []
-    refine_faces(frames, lambda crop: calls.append(1) or crop, detector=lambda frame: faces, guide_size=64)
-    refine_faces(frames, lambda crop: calls.append(2) or crop, detector=lambda f: faces, largest_only=True)
+    refine_faces(
+        frames, lambda crop, noise: calls.append(1) or crop, NOISE, detector=lambda frame: faces, guide_size=64
+    )
+    refine_faces(frames, lambda c, n: calls.append(2) or c, NOISE, detector=lambda f: faces, largest_only=True)
     assert calls == [1, 1, 2]
 
 
-def test_cli_detector_choices_match_the_registry() -> None:
-    from magicme import config, faces
+def test_each_face_is_renoised_with_a_draw_of_the_clips_prior_at_the_guide_size() -> None:
+    frames = torch.rand(4, 3, 128, 256, generator=torch.Generator().manual_seed(1))
+    seen = []
+    faces = [(20, 20, 30, 30), (180, 30, 20, 20)]
+    refine_faces(
+        frames, lambda crop, noise: seen.append(noise) or crop, NoiseField(0.3, 5).draw, lambda f: faces, guide_size=64
+    )
+    expected = NoiseField(0.3, 5)
+    assert [tuple(noise.shape) for noise in seen] == [(1, 4, 4, 8, 8)] * 2
+    assert all(torch.equal(noise, expected.draw(4, 64, 64)) for noise in seen), "the seed's draws, in track order"
 
-    assert set(config.FACE_DETECTORS) == set(faces.FACE_DETECTORS)
+
+def test_face_detector_choices_come_from_the_registry() -> None:
+    from magicme import registry
+    from magicme.settings import FaceSettings
+
+    field = next(f for f in dataclasses.fields(FaceSettings) if f.name == "detector")
+    assert field.metadata["choices"] == registry.face_detector_names()
+    assert {"opencv", "world"} <= set(registry.face_detector_names()), "the world plug-in registers its locator"

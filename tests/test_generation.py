@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from magicme.config import ModelSettings
-from magicme.generation import generate
-from magicme.loading import ModelLoadError, check_sd15_checkpoint, load_pipeline
-from magicme.noise_prior import sample_noise_prior
+from magicme.models.loading import ModelLoadError, check_sd15_checkpoint, load_pipeline
+from magicme.settings import ModelSettings
+from magicme.t2v.generate import generate
+from magicme.t2v.noise_prior import sample_noise_prior
 from tests.conftest import quick_settings, record_unet_calls
 
 
@@ -155,7 +155,7 @@ def original_motion_layout(adapter) -> dict[str, torch.Tensor]:
 def test_original_motion_module_files_load_with_the_right_config(monkeypatch, tmp_path: Path, mid_block: bool) -> None:
     from diffusers import MotionAdapter
 
-    from magicme import loading
+    from magicme.models import loading
 
     torch.manual_seed(0)
     adapter = MotionAdapter(
@@ -177,7 +177,7 @@ def test_original_motion_module_files_load_with_the_right_config(monkeypatch, tm
 
 
 def test_a_file_without_motion_modules_is_refused(tmp_path: Path) -> None:
-    from magicme.loading import load_motion_adapter
+    from magicme.models.loading import load_motion_adapter
 
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, tmp_path / "sd.safetensors")
     with pytest.raises(ModelLoadError, match="holds no AnimateDiff motion modules"):

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from magicme.generation import generate
-from magicme.identity import Identity, IdentityError, load_identity, save_identity
-from magicme.tiny import TEXT_WIDTH
+from magicme.identity.files import Identity, IdentityError, load_identity, save_identity
+from magicme.t2v.generate import generate
+from magicme.testing.tiny import TEXT_WIDTH
 from tests.conftest import quick_settings
 
 PROMPT = "a photo of <alice> woman"

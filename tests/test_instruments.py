@@ -6,8 +6,8 @@ so a broken instrument or a bad retrain fails, while the figures quoted in the R
 
 import numpy as np
 
-from magicme import world
-from magicme.instrument_accuracy import (
+from magicme.world import scenes
+from magicme.world.accuracy import (
     boxes_in_empty_scenes,
     face_locator_ious,
     held_out_examples,
@@ -16,7 +16,7 @@ from magicme.instrument_accuracy import (
     lineup_rank,
     scene_accuracy,
 )
-from magicme.instruments import world_instruments
+from magicme.world.instruments import world_instruments
 
 
 def test_scene_classifier_names_held_out_scenes() -> None:
@@ -39,8 +39,8 @@ def test_identity_embedder_tells_held_out_identities_apart() -> None:
 
 def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() -> None:
     for identity in (1002, 1004, 1011, 1017):
-        frames = np.stack([np.asarray(shot.image) for shot in world.clip(world.character(identity), "snow", "bob")])
+        frames = np.stack([np.asarray(shot.image) for shot in scenes.clip(scenes.character(identity), "snow", "bob")])
         assert lineup_rank(world_instruments().embed_faces(frames), identity) == 1
-    nobody = world_instruments().embed_faces(np.stack([np.asarray(world.draw_scene("sky", 64, seed=0))] * 2))
+    nobody = world_instruments().embed_faces(np.stack([np.asarray(scenes.draw_scene("sky", 64, seed=0))] * 2))
     assert lineup_rank(nobody, 1004) is None
     assert lineup_place(nobody, 1004) == 20  # the benchmarks' tables place a clip without a face last

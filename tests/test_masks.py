@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from magicme import masks
-from magicme.augment import FAR_PREFIXES, NEAR_PREFIXES, augment
-from magicme.masks import contact_sheet, make_mask_backend, offline_person_mask, prepare_masks, user_mask
-from magicme.photos import Photo
+from magicme.identity import masks
+from magicme.identity.augment import FAR_PREFIXES, NEAR_PREFIXES, augment
+from magicme.identity.masks import contact_sheet, make_mask_backend, offline_person_mask, prepare_masks, user_mask
+from magicme.identity.photos import Photo
 
 
 def noise_photo(name: str = "noise.png", seed: int = 0) -> Photo:
@@ -47,7 +47,7 @@ def tiny_clipseg(tmp_path_factory) -> Path:
         ViTImageProcessor,
     )
 
-    from magicme.loading import CONFIGS
+    from magicme.models.loading import CONFIGS
 
     tower = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
     config = CLIPSegConfig(
@@ -96,7 +96,7 @@ def test_prepare_masks_skips_empty_caches_and_explains(tmp_path: Path, astronaut
     assert sheet.size == (3 * 64, 64)
 
     monkeypatch.undo()
-    with pytest.raises(ValueError, match=r"no photo has a 'woman' mask .* --masks files"):
+    with pytest.raises(ValueError, match=r"no photo has a 'woman' mask .* `masks` set to files"):
         prepare_masks([noise_photo("n1.png", 1)], "offline", "woman", tmp_path / "other")
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from magicme.noise_prior import frame_covariance, sample_noise_prior
+from magicme.t2v.noise_prior import frame_covariance, sample_noise_prior
 
 SHAPE = (2, 4, 8, 8, 8)  # (B, C, F, H, W)
 

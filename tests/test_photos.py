@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magicme.photos import PhotoError, load_photos
+from magicme.identity.photos import PhotoError, load_photos
 
 SIZE = 128
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from magicme.prompts import parse_prompt_schedule
+from magicme.t2v.prompts import parse_prompt_schedule
 from tests.conftest import quick_settings, record_unet_calls
 
 

@@ -9,9 +9,9 @@ import yaml
 
 from magicme import chain
 from magicme.cli import main
-from magicme.faces import crop_region, fill_missing, link_tracks, opencv_face_detector
-from magicme.stages import denoise_in_windows
-from magicme.video_io import read_video, save_video, to_uint8
+from magicme.io.video import read_video, save_video, to_uint8
+from magicme.v2v.faces import crop_region, fill_missing, link_tracks, opencv_face_detector
+from magicme.v2v.windows import denoise_in_windows
 
 
 def astronaut_clip(astronaut, size: int, folder: Path) -> Path:
@@ -77,15 +77,21 @@ def test_edit_keeps_every_frame(small_clip: Path, model_args, tmp_path: Path) ->
 def test_windows_blend_back_to_the_input_with_an_identity_denoiser() -> None:
     frames = torch.rand(11, 3, 8, 8)
     sizes = []
-    blended = denoise_in_windows(frames, lambda w: sizes.append(len(w)) or w, window=4, overlap=1)
+    noise = torch.randn(1, 4, 11, 1, 1)
+    parts = []
+    blended = denoise_in_windows(frames, lambda w, n: sizes.append(len(w)) or parts.append(n) or w, noise, 4, 1)
     assert torch.allclose(blended, frames, atol=1e-6) and set(sizes) == {4}
+    assert torch.equal(parts[0], noise[:, :, :4]) and torch.equal(parts[-1], noise[:, :, 7:]), "the frames' noise"
 
 
 def test_stage_without_prompt_is_a_clear_error(small_clip: Path, model_args, capsys) -> None:
     assert main(["upscale", str(small_clip), *model_args]) == 2
     assert "a prompt is needed" in capsys.readouterr().err
     assert main(["upscale", str(small_clip), *model_args, *FAST]) == 2  # 2 steps x strength 0.2 < 1 step
-    assert "use --num-inference-steps 6 or more" in capsys.readouterr().err
+    assert (
+        "--num-inference-steps: 2 steps at strength 0.2 leave no step to denoise; use 6 or more"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.fixture
@@ -94,9 +100,9 @@ def chain_config(tiny_model, astronaut_folder: Path, tmp_path: Path) -> Path:
     config = {
         "output_dir": str(tmp_path / "chain"),
         "model": {"base_model": str(base), "motion_adapter": str(motion)},
-        "train": {"photos": str(astronaut_folder), "name": "astro", "class_word": "woman", "base_model": str(base)}
+        "training": {"photos": str(astronaut_folder), "name": "astro", "class_word": "woman", "base_model": str(base)}
         | {"masks": "offline", "resolution": 64, "steps": 2, "batch_size": 1, "validation_every": 0},
-        "generate": {"prompt": "a photo of <astro> woman on the beach", "num_frames": 4, "height": 64, "width": 64}
+        "generation": {"prompt": "a photo of <astro> woman on the beach", "num_frames": 4, "height": 64, "width": 64}
         | {"num_inference_steps": 2},
         "refine_face": {"prompt": "close up of <astro> woman", "num_inference_steps": 2, "guide_size": 64},
         "upscale": {"prompt": "<astro> woman", "num_inference_steps": 5, "tile": 64, "overlap": 16, "sharpen": 0.0},
@@ -107,7 +113,7 @@ def chain_config(tiny_model, astronaut_folder: Path, tmp_path: Path) -> Path:
 
 
 def test_chain_runs_every_stage_and_resumes_after_a_kill(chain_config: Path, monkeypatch, caplog) -> None:
-    from magicme import stages
+    from magicme.v2v import jobs as stages
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -116,18 +122,18 @@ def test_chain_runs_every_stage_and_resumes_after_a_kill(chain_config: Path, mon
     monkeypatch.setattr(stages, "upscale_video", killed)
     assert main(["run", str(chain_config)]) == 130
     output_dir = Path(yaml.safe_load(chain_config.read_text())["output_dir"])
-    assert (output_dir / "generate.done").is_file() and not (output_dir / "upscale.done").exists()
+    assert (output_dir / "generation.done").is_file() and not (output_dir / "upscale.done").exists()
 
     monkeypatch.undo()
     calls = []
     monkeypatch.setattr(chain, "fingerprint", lambda *a: calls.append(a[0]) or real_fingerprint(*a))
     caplog.clear()
     assert main(["run", str(chain_config)]) == 0
-    for stage in ("train", "generate", "refine_face"):
+    for stage in ("training", "generation", "refine_face"):
         assert f"{stage}: done before with the same settings and input, skipping" in caplog.text
     assert "upscale: running" in caplog.text
     assert read_video(output_dir / "upscale.mp4").shape == (4, 3, 128, 128)
-    assert read_video(output_dir / "generate.mp4").shape == (4, 3, 64, 64)
+    assert read_video(output_dir / "generation.mp4").shape == (4, 3, 64, 64)
 
 
 real_fingerprint = chain.fingerprint
@@ -137,22 +143,22 @@ def test_changed_settings_redo_their_stage_and_the_next(chain_config: Path, capl
     caplog.set_level(logging.INFO, logger="magicme")
     assert main(["run", str(chain_config)]) == 0
     config = yaml.safe_load(chain_config.read_text())
-    config["generate"]["seed"] = 1
+    config["generation"]["seed"] = 1
     chain_config.write_text(yaml.safe_dump(config))
     caplog.clear()
     assert main(["run", str(chain_config)]) == 0
-    assert "train: done before" in caplog.text
-    for stage in ("generate", "refine_face", "upscale"):  # a new video flows through every later stage
+    assert "training: done before" in caplog.text
+    for stage in ("generation", "refine_face", "upscale"):  # a new video flows through every later stage
         assert f"{stage}: running" in caplog.text
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"generate": {}, "edit": {}}, "not both"),
+        ({"generation": {}, "edit": {}}, "not both"),
         ({"edit": {"prompt": "x"}}, "`edit` needs `input:`"),
         ({"upscale": {"prompt": "x"}}, "give `input:`"),
-        ({"generate": {"prompt": "x"}, "sharpen": 1}, "unknown section(s) ['sharpen']"),
+        ({"generation": {"prompt": "x"}, "sharpen": 1}, "unknown section(s) ['sharpen']"),
     ],
 )
 def test_chain_config_errors(config: dict, message: str) -> None:
@@ -168,9 +174,9 @@ def test_ddim_inversion_then_regeneration_is_exact_for_a_noise_free_model(streng
 
     from diffusers import DDIMScheduler
 
-    from magicme.loading import make_scheduler
-    from magicme.tiny import build_tiny_model
-    from magicme.v2v import ddim_invert
+    from magicme.models.schedulers import make_scheduler
+    from magicme.testing.tiny import build_tiny_model
+    from magicme.v2v.denoiser import ddim_invert
 
     def unet(latents, timestep, encoder_hidden_states):
         return SimpleNamespace(sample=torch.zeros_like(latents))

@@ -5,14 +5,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from magicme import training
 from magicme.cli import main
-from magicme.config import TrainingSettings
-from magicme.identity import load_identity
-from magicme.masks import prepare_masks
-from magicme.photos import load_photos
-from magicme.training import IdentityTrainer, draw_batch, masked_loss, train_identity, training_loss
-from magicme.video_io import read_video
+from magicme.identity import train as training
+from magicme.identity.files import load_identity
+from magicme.identity.masks import prepare_masks
+from magicme.identity.photos import load_photos
+from magicme.identity.train import IdentityTrainer, draw_batch, masked_loss, train_identity, training_loss
+from magicme.io.video import read_video
+from magicme.settings import TrainingSettings
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes(settings: TrainingSettings, tmp
 
 def test_an_existing_run_is_not_overwritten(settings: TrainingSettings) -> None:
     train_identity(settings)
-    with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
+    with pytest.raises(ValueError, match="already holds a training run; set `resume`"):
         train_identity(settings)
 
 
@@ -190,7 +190,7 @@ def test_cli_train_then_generate_with_the_identity(settings: TrainingSettings, t
 
 def test_training_needs_photos_and_a_name(capsys) -> None:
     assert main(["train", "--name", "x"]) == 2
-    assert "needs a photo folder and --name" in capsys.readouterr().err
+    assert "--name: training needs PHOTOS (a folder of photos) and a --name" in capsys.readouterr().err
 
 
 def test_module_reads_as_documented() -> None:
@@ -198,7 +198,7 @@ def test_module_reads_as_documented() -> None:
 
 
 def test_identity_lora_trains_saves_and_loads_with_the_identity(settings: TrainingSettings, make_pipe) -> None:
-    from magicme.generation import generate
+    from magicme.t2v.generate import generate
     from tests.conftest import quick_settings
 
     identity_path = train_identity(dataclasses.replace(settings, lora_rank=2, steps=2, lora_learning_rate=1e-2))

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magicme.video_io import read_video, save_video
+from magicme.io.video import read_video, save_video
 
 
 def gradient_clip(frames: int = 6, height: int = 40, width: int = 56) -> torch.Tensor:

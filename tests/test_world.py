@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from magicme.world import (
+from magicme.world.scenes import (
     BASE_IDENTITIES,
     HELD_OUT_START,
     SCENES,

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from magicme.augment import FAR_PREFIXES, NEAR_PREFIXES
-from magicme.config import GenerationSettings, ModelSettings
-from magicme.generation import generate
-from magicme.instruments import world_instruments
-from magicme.loading import load_pipeline
-from magicme.video_io import to_uint8
-from magicme.world_model import WORLD_MODEL, world_model_paths, world_words, write_world_tokenizer
-from magicme.world_training import (
+from magicme.identity.augment import FAR_PREFIXES, NEAR_PREFIXES
+from magicme.io.video import to_uint8
+from magicme.models.loading import load_pipeline
+from magicme.settings import GenerationSettings, ModelSettings
+from magicme.t2v.generate import generate
+from magicme.world.instruments import world_instruments
+from magicme.world.model import WORLD_MODEL, world_model_paths, world_words, write_world_tokenizer
+from magicme.world.train import (
     WorldTrainingSettings,
     encode,
     export_world_model,

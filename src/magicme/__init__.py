@@ -13,7 +13,10 @@ The Python API in a few names; heavy modules load on first use so `import magicm
 from importlib import import_module
 from typing import Any
 
-from magicme.config import GenerationSettings, ModelSettings, TrainingSettings
+from magicme import _deprecated
+from magicme.settings import GenerationSettings, ModelSettings, TrainingSettings
+
+_deprecated.install()
 
 __all__ = [
     "GenerationSettings",
@@ -31,15 +34,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Identity": "magicme.identity",
-    "load_identity": "magicme.identity",
-    "save_identity": "magicme.identity",
-    "generate": "magicme.generation",
-    "load_pipeline": "magicme.loading",
-    "render": "magicme.render",
-    "sample_noise_prior": "magicme.noise_prior",
-    "save_video": "magicme.video_io",
-    "train_identity": "magicme.training",
+    "Identity": "magicme.identity.files",
+    "load_identity": "magicme.identity.files",
+    "save_identity": "magicme.identity.files",
+    "generate": "magicme.t2v.generate",
+    "load_pipeline": "magicme.models.loading",
+    "render": "magicme.t2v.generate",
+    "sample_noise_prior": "magicme.t2v.noise_prior",
+    "save_video": "magicme.io.video",
+    "train_identity": "magicme.identity.train",
 }
 
 

@@ -1,9 +1,10 @@
 """`magicme run config.yaml`: photos to finished video, one stage after another.
 
-The config has a section per stage, in this order: `train`, then `generate` or `edit`,
-then `refine_face`, then `upscale`; a missing section skips its stage. `model` holds the
-weights all stages share and `output_dir` where everything goes (`input` is the video to
-edit). Each finished stage leaves `<stage>.done` holding a fingerprint of its settings and
+The config has a section per stage, in this order: `training`, then `generation` or `edit`,
+then `refine_face`, then `upscale`; a missing section skips its stage. The sections are
+named as in every sidecar, so a sidecar's section can be pasted into a chain. `model` holds
+the weights all stages share and `output_dir` where everything goes (`input` is the video
+to edit). Each finished stage leaves `<stage>.done` holding a fingerprint of its settings and
 its input; a re-run skips every stage whose output and fingerprint still match, so a run
 killed mid-way resumes where it stopped, and changing a stage's settings redoes it and
 the stages after it.
@@ -13,10 +14,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
-from magicme.config import (
+from magicme.io.files import write_json
+from magicme.settings import (
     EditSettings,
     FaceSettings,
     GenerationSettings,
@@ -25,18 +28,18 @@ from magicme.config import (
     UpscaleSettings,
     from_mapping,
 )
-from magicme.files import write_json
 
 log = logging.getLogger("magicme")
 
 STAGES: dict[str, type] = {
-    "train": TrainingSettings,
-    "generate": GenerationSettings,
+    "training": TrainingSettings,
+    "generation": GenerationSettings,
     "edit": EditSettings,
     "refine_face": FaceSettings,
     "upscale": UpscaleSettings,
 }
 TOP_LEVEL = {"output_dir", "input", "model", *STAGES}
+RENAMED = {"train": "training", "generate": "generation"}  # the names before 0.2, accepted for one release
 
 
 def _file_digest(path: Path) -> str:
@@ -54,22 +57,35 @@ def fingerprint(settings: dict[str, Any], sources: list[Path]) -> str:
 
 
 def stage_inputs(name: str, settings: Any, model: ModelSettings, video: Path | None) -> list[Path]:
-    if name == "train":
+    if name == "training":
         return [Path(settings.photos)]
     identities = [Path(spec.rpartition("=")[2]) for spec in model.identities]
-    return ([video] if video and name != "generate" else []) + identities
+    return ([video] if video and name != "generation" else []) + identities
+
+
+def rename_old_sections(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`train` and `generate` are `training` and `generation` now, as in sidecars; warn, once per name."""
+    renamed = dict(config)
+    for old, new in RENAMED.items():
+        if old in renamed:
+            if new in renamed:
+                raise ValueError(f"{source}: `{old}` is the old name of `{new}`; keep only `{new}`")
+            warnings.warn(f"{source}: the chain section `{old}` is now `{new}`", DeprecationWarning, stacklevel=3)
+            renamed[new] = renamed.pop(old)
+    return renamed
 
 
 def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None, ModelSettings, dict[str, Any]]:
+    config = rename_old_sections(config, source)
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(TOP_LEVEL)}")
-    if "generate" in config and "edit" in config:
-        raise ValueError(f"{source}: choose `generate` (a new video) or `edit` (an existing one), not both")
+    if "generation" in config and "edit" in config:
+        raise ValueError(f"{source}: choose `generation` (a new video) or `edit` (an existing one), not both")
     if "edit" in config and "input" not in config:
         raise ValueError(f"{source}: `edit` needs `input:`, the video to edit")
-    if not any(stage in config for stage in ("generate", "edit")) and "input" not in config:
-        raise ValueError(f"{source}: with neither `generate` nor `edit`, give `input:`, the video to refine")
+    if not any(stage in config for stage in ("generation", "edit")) and "input" not in config:
+        raise ValueError(f"{source}: with neither `generation` nor `edit`, give `input:`, the video to refine")
     model = from_mapping(ModelSettings, config.get("model") or {}, f"{source} [model]")
     stages = {
         name: from_mapping(cls, config[name] or {}, f"{source} [{name}]")
@@ -82,27 +98,27 @@ def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None,
 
 def run_chain(config: dict[str, Any], source: str = "config") -> Path:
     """Run every stage the config names, skipping those already done; returns the final video."""
-    from magicme.render import render
-    from magicme.stages import edit_video, refine_face_video, upscale_video
-    from magicme.training import train_identity
+    from magicme.identity.train import train_identity
+    from magicme.t2v.generate import render
+    from magicme.v2v.jobs import edit_video, refine_face_video, upscale_video
 
     output_dir, video, model, stages = parse_chain(config, source)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, settings in stages.items():
         record = {name: dataclasses.asdict(settings)} | (
-            {"model": dataclasses.asdict(model)} if name != "train" else {}
+            {"model": dataclasses.asdict(model)} if name != "training" else {}
         )
-        output = output_dir / ("train" if name == "train" else f"{name}.mp4")
+        output = output_dir / ("training" if name == "training" else f"{name}.mp4")
         marker = output_dir / f"{name}.done"
         key = fingerprint(record, stage_inputs(name, settings, model, video))
         if output.exists() and marker.is_file() and json.loads(marker.read_text())["fingerprint"] == key:
             log.info("%s: done before with the same settings and input, skipping", name)
         else:
             log.info("%s: running", name)
-            if name == "train":
+            if name == "training":
                 resume = (output / "checkpoints").is_dir()  # a killed training run continues
                 train_identity(dataclasses.replace(settings, output_dir=str(output), resume=resume))
-            elif name == "generate":
+            elif name == "generation":
                 render(model, settings, output)
             elif name == "edit":
                 edit_video(model, settings, video, output)
@@ -111,7 +127,7 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
             else:
                 upscale_video(model, settings, video, output)
             write_json({"fingerprint": key, "output": str(output)}, marker)
-        if name == "train":
+        if name == "training":
             identity = output / f"{settings.name}.safetensors"
             model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
         else:

@@ -9,7 +9,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from magicme.config import (
+from magicme import registry
+from magicme.errors import SettingError
+from magicme.settings import (
     EditSettings,
     EvalSettings,
     FaceSettings,
@@ -29,6 +31,7 @@ COMMAND_SECTIONS: dict[str, dict[str, type]] = {
     "edit": {"model": ModelSettings, "edit": EditSettings},
     "eval": {"evaluation": EvalSettings},
 }
+SETTINGS_CLASSES = {cls for sections in COMMAND_SECTIONS.values() for cls in sections.values()}
 VIDEO_COMMANDS = {"refine-face": "face", "upscale": "upscaled", "edit": "edited"}  # command -> output suffix
 POSITIONAL = {"photos"}
 GENERATE_EXAMPLES = """\
@@ -75,11 +78,12 @@ examples:
   magicme edit dance.mp4 --identity alice.safetensors --prompt "a photo of <alice> woman dancing" --strength 0.6
 """
 RUN_EXAMPLE = """\
-example config (YAML; every section but model/output_dir is a stage, skipped when absent):
+example config (YAML; every section but model/output_dir is a stage, skipped when absent;
+sections are named as in sidecars, so a sidecar's section can be pasted in):
   output_dir: runs/alice-beach
   model: {base_model: stable-diffusion-v1-5/stable-diffusion-v1-5}
-  train: {photos: photos/alice, name: alice, class_word: woman}
-  generate: {prompt: "a photo of <alice> woman walking on the beach"}
+  training: {photos: photos/alice, name: alice, class_word: woman}
+  generation: {prompt: "a photo of <alice> woman walking on the beach"}
   refine_face: {prompt: "close up photo of <alice> woman, detailed face"}
   upscale: {prompt: "a photo of <alice> woman walking on the beach"}
 """
@@ -120,6 +124,22 @@ COMMANDS = {
         RUN_EXAMPLE,
     ),
 }
+
+
+def flags() -> dict[str, str]:
+    """Every setting's name -> its option: `num_frames` -> `--num-frames`, `identities` -> `--identity`,
+    `photos` -> PHOTOS (a positional argument)."""
+    hints = {name: kind for cls in SETTINGS_CLASSES for name, kind in typing.get_type_hints(cls).items()}
+    names = {name: list_option_name(name) if kind == list[str] else option_name(name) for name, kind in hints.items()}
+    return names | {name: name.upper() for name in POSITIONAL}
+
+
+def as_options(error: Exception) -> str:
+    """A library error, which names settings as `name`, in the words of the command line."""
+    names = flags()
+    if isinstance(error, SettingError):
+        return f"{names.get(error.setting, error.setting)}: {as_options(ValueError(error.problem))}"
+    return re.sub(r"`([a-z_]+)`", lambda match: names.get(match.group(1), match.group(0)), str(error))
 
 
 def option_name(name: str) -> str:
@@ -186,13 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
         for section, cls in COMMAND_SECTIONS[command].items():
             add_settings_options(sub, section, cls)
-    demo = commands.add_parser(
-        "demo", help="learn a held-out identity of the miniature world and film it (trained model, offline, CPU)"
-    )
-    demo.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
-    demo.add_argument(
-        "--identity", type=int, help="which held-out identity to learn (1000 to 1019; default 1003, see the README)"
-    )
+    for name, command in registry.commands().items():  # commands that plug-ins add, e.g. the world's `demo`
+        command.add_arguments(commands.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
@@ -212,11 +227,11 @@ def default_output(generation: GenerationSettings) -> Path:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from magicme.render import render
+    from magicme.t2v.generate import render
 
     settings = collect_settings(args)
     if args.protocol:
-        from magicme.protocol import read_protocol, render_protocol
+        from magicme.eval.protocol import read_protocol, render_protocol
 
         videos = render_protocol(settings["model"], read_protocol(args.protocol), args.output_dir)
         print(f"{len(videos)} videos in {args.output_dir}")
@@ -226,7 +241,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from magicme.training import train_identity
+    from magicme.identity.train import train_identity
 
     settings = collect_settings(args)["training"]
     identity = train_identity(settings)
@@ -235,7 +250,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_stage(args: argparse.Namespace) -> None:
-    from magicme.stages import edit_video, refine_face_video, upscale_video
+    from magicme.v2v.jobs import edit_video, refine_face_video, upscale_video
 
     settings = collect_settings(args)
     job = {"refine-face": refine_face_video, "upscale": upscale_video, "edit": edit_video}[args.command]
@@ -245,11 +260,11 @@ def run_stage(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from magicme.evaluation import Entry, evaluate_entries, format_table
+    from magicme.eval.evaluate import Entry, evaluate_entries, format_table
 
     settings = collect_settings(args)["evaluation"]
     if args.protocol:
-        from magicme.protocol import read_protocol
+        from magicme.eval.protocol import read_protocol
 
         entries = read_protocol(args.protocol).entries(args.videos_dir)
     elif args.manifest:
@@ -286,26 +301,16 @@ def run_chain_command(args: argparse.Namespace) -> None:
     print(f"video: {run_chain(read_config_file(args.config), str(args.config))}")
 
 
-def run_demo_command(args: argparse.Namespace) -> None:
-    from magicme.demo import DemoSettings, run_demo
-
-    settings = DemoSettings() if args.identity is None else DemoSettings(identity=args.identity)
-    video = run_demo(args.output_dir, settings)
-    print(
-        f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
     commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
-    commands["demo"] = run_demo_command
     commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
+    commands |= {name: command.run for name, command in registry.commands().items()}
     try:
         commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:  # our errors say what to do; no traceback needed
-        print(f"magicme: error: {error}", file=sys.stderr)
+        print(f"magicme: error: {as_options(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("magicme: interrupted", file=sys.stderr)

@@ -1,0 +1,379 @@
+"""VCD's ID module: learn K token embeddings of a subject from a few masked photos.
+
+Only the K new rows of the text encoder's token table train. They enter through a
+`torch.nn.utils.parametrize` parametrization of the table (frozen table with the K rows
+swapped in), so the UNet, the VAE and every other weight stay bit-identical and the
+optimizer holds K x D numbers. The loss is epsilon-prediction MSE weighted by the
+subject mask at latent resolution and normalised by its area (Magic-Me, section 3.1).
+"""
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import AnimateDiffPipeline, DDPMScheduler, StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from magicme.errors import SettingError
+from magicme.identity.augment import augment
+from magicme.identity.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
+from magicme.identity.files import Identity, export_a1111, export_diffusers, identity_tokens, save_identity
+from magicme.identity.masks import contact_sheet, prepare_masks
+from magicme.identity.photos import Photo, load_photos
+from magicme.io.files import atomic_path, write_json
+from magicme.models.loading import load_image_pipeline
+from magicme.settings import TrainingSettings
+
+log = logging.getLogger("magicme")
+
+CAPTION = "photo of a {tokens} {class_word}"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_PREFIX = "lora."
+GENERIC_INIT_WORDS = ("face", "person", "photo")
+ROWS = "identity_rows"
+
+
+class IdentityRows(nn.Module):
+    """Parametrization of the token table: the frozen table with K trainable rows swapped in."""
+
+    def __init__(self, token_ids: torch.Tensor, initial_rows: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.rows = nn.Parameter(initial_rows.detach().clone().float())
+
+    def forward(self, table: torch.Tensor) -> torch.Tensor:
+        return table.index_put((self.token_ids,), self.rows.to(table.dtype))
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, S, S) in [-1, 1]
+    masks: torch.Tensor  # (B, 1, S, S) in {0, 1}
+    captions: list[str]
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE over the mask, normalised by its area (x channels), averaged over the batch."""
+    squared = (prediction.float() - target.float()) ** 2 * mask  # (B, C, h, w)
+    area = mask.sum(dim=(1, 2, 3)) * prediction.shape[1]
+    return (squared.sum(dim=(1, 2, 3)) / area.clamp(min=1)).mean()
+
+
+def init_words(settings: TrainingSettings) -> list[str]:
+    words = settings.init_words or [settings.class_word, *GENERIC_INIT_WORDS]
+    return [words[i % len(words)] for i in range(settings.num_tokens)]
+
+
+def add_identity_tokens(pipe: StableDiffusionPipeline, tokens: list[str], words: list[str]) -> IdentityRows:
+    """Register the K tokens, start each row at its init word's embedding, make only those rows train."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    clashes = [token for token in tokens if token in tokenizer.get_vocab()]
+    if clashes:
+        raise ValueError(f"tokens {clashes} already exist in the tokenizer; choose another `name`")
+    table = text_encoder.get_input_embeddings()
+    starts = []
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError(f"init word {word!r} has no tokens; use a plain word such as the class word")
+        starts.append(table.weight[ids].mean(dim=0))  # a word of several tokens starts at their mean
+    tokenizer.add_tokens(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    text_encoder.requires_grad_(False)
+    token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens), device=text_encoder.device)
+    rows = IdentityRows(token_ids, torch.stack(starts))
+    parametrize.register_parametrization(text_encoder.get_input_embeddings(), "weight", rows)
+    return rows
+
+
+def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSettings, caption: str, generator) -> Batch:
+    """Pick photos, augment each with its mask; a few samples train on the whole photo."""
+    picks = torch.randint(len(masked), (settings.batch_size,), generator=generator).tolist()
+    samples = [augment(masked[i][0].image, masked[i][1], settings.resolution, generator) for i in picks]
+    whole = torch.rand(settings.batch_size, generator=generator) < settings.whole_image_rate
+    masks = torch.stack([torch.ones_like(s.mask) if w else s.mask for s, w in zip(samples, whole, strict=True)])
+    return Batch(torch.stack([s.pixels for s in samples]), masks, [s.caption_prefix + caption for s in samples])
+
+
+def training_loss(
+    pipe: StableDiffusionPipeline,
+    text_encoder: nn.Module,
+    unet: nn.Module,
+    batch: Batch,
+    settings: TrainingSettings,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them)."""
+    device, dtype = pipe.vae.device, pipe.vae.dtype
+    with torch.no_grad():
+        latents = pipe.vae.encode(batch.pixels.to(device, dtype)).latent_dist.sample(generator)
+        latents = latents.float() * pipe.vae.config.scaling_factor  # (B, 4, h, w)
+    noise = randn_tensor(latents.shape, generator=generator, device=device)
+    noise = noise + settings.noise_offset * randn_tensor((*latents.shape[:2], 1, 1), generator=generator, device=device)
+    steps = pipe.scheduler.config.num_train_timesteps
+    timesteps = torch.randint(steps, (latents.shape[0],), generator=generator).to(device)
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    ids = pipe.tokenizer(
+        batch.captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
+    ).input_ids
+    text = text_encoder(torch.tensor(ids, device=device))[0]
+    prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+    latent_mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
+    return masked_loss(prediction, noise, latent_mask)
+
+
+def run_folder(settings: TrainingSettings) -> Path:
+    return Path(settings.output_dir or Path("runs") / settings.name)
+
+
+def check_training_settings(settings: TrainingSettings) -> None:
+    if not settings.name or not settings.photos:
+        raise SettingError("name", "training needs `photos` (a folder of photos) and a `name`, e.g. alice")
+    if settings.resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8, got {settings.resolution}")
+    if settings.num_tokens < 1 or settings.steps < 1 or settings.batch_size < 1:
+        raise ValueError("num_tokens, steps and batch_size must be at least 1")
+    has_checkpoints = (run_folder(settings) / "checkpoints").is_dir()
+    if has_checkpoints and not settings.resume:
+        raise ValueError(
+            f"{run_folder(settings)} already holds a training run; set `resume` to continue it "
+            "or another `output_dir` to start a new one"
+        )
+
+
+def load_training_pipeline(settings: TrainingSettings, accelerator: Accelerator) -> StableDiffusionPipeline:
+    return prepare_training_pipeline(load_image_pipeline(settings.base_model, torch.float32), settings, accelerator)
+
+
+def prepare_training_pipeline(
+    pipe: StableDiffusionPipeline, settings: TrainingSettings, accelerator: Accelerator
+) -> StableDiffusionPipeline:
+    """The frozen image model in the accelerator's precision, with the reference's DDPM schedule."""
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+    pipe.unet.requires_grad_(False).to(accelerator.device, weight_dtype)
+    pipe.vae.requires_grad_(False).to(accelerator.device, weight_dtype)
+    pipe.text_encoder.to(accelerator.device)  # stays fp32: its K rows are what trains
+    if settings.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def render_previews(pipe: StableDiffusionPipeline, settings: TrainingSettings, step: int, run_dir: Path) -> None:
+    """A still (and optionally a short clip) per validation prompt, same seed each time, to watch progress."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    components = {**pipe.components, "scheduler": scheduler}
+    preview = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    preview.set_progress_bar_config(disable=True)
+    prompts = settings.validation_prompts or [f"a photo of <{settings.name}> {settings.class_word}, portrait"]
+    folder = run_dir / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    size = settings.resolution
+    for index, prompt in enumerate(prompts):
+        generator = torch.Generator().manual_seed(settings.seed)
+        image = preview(prompt, height=size, width=size, num_inference_steps=25, generator=generator).images[0]
+        image.save(folder / f"step-{step:06d}-{index}.png")
+    if settings.validation_motion_adapter:
+        video_pipe = preview_video_pipeline(pipe, settings.validation_motion_adapter)
+        render_preview_clips(video_pipe, settings, prompts, folder / f"step-{step:06d}")
+
+
+@lru_cache(maxsize=1)
+def preview_video_pipeline(pipe: StableDiffusionPipeline, motion_adapter: str) -> AnimateDiffPipeline:
+    """Built once per run: the adapter is loaded and the UNet copied into a motion UNet only here.
+
+    The frozen UNet never changes, and the text encoder is shared, so later previews still
+    show the current tokens.
+    """
+    from magicme.models.loading import load_motion_adapter
+
+    adapter = load_motion_adapter(motion_adapter, pipe.unet.dtype)
+    video_pipe = AnimateDiffPipeline.from_pipe(pipe, motion_adapter=adapter).to(pipe.device)
+    video_pipe.set_progress_bar_config(disable=True)
+    return video_pipe
+
+
+def render_preview_clips(video_pipe: AnimateDiffPipeline, settings: TrainingSettings, prompts, stem: Path) -> None:
+    """8-frame clips through T2V VCD with the current tokens."""
+    from magicme.io.video import save_video
+    from magicme.settings import GenerationSettings
+    from magicme.t2v.generate import generate
+
+    for index, prompt in enumerate(prompts):
+        clip = GenerationSettings(
+            prompt=prompt, num_frames=8, height=settings.resolution, width=settings.resolution, seed=settings.seed
+        )
+        save_video(generate(video_pipe, clip), stem.with_name(f"{stem.name}-{index}.mp4"), fps=clip.fps)
+
+
+def add_unet_lora(unet: nn.Module, rank: int) -> list[nn.Parameter]:
+    """A LoRA on the UNet's attention projections (peft), trained in fp32 whatever the UNet's dtype."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
+    for parameter in parameters:
+        parameter.data = parameter.data.float()
+    return parameters
+
+
+class IdentityTrainer:
+    """The frozen model, the K trainable rows, their optimizer and the one generator all randomness uses."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        masked: list,
+        accelerator: Accelerator,
+        pipe: StableDiffusionPipeline | None = None,
+    ) -> None:
+        """`pipe`: an already-built image pipeline to train on (default: load `settings.base_model`)."""
+        self.settings, self.masked, self.accelerator = settings, masked, accelerator
+        if pipe is None:
+            self.pipe = load_training_pipeline(settings, accelerator)
+        else:
+            self.pipe = prepare_training_pipeline(pipe, settings, accelerator)
+        self.tokens = identity_tokens(settings.name, settings.num_tokens)
+        self.rows = add_identity_tokens(self.pipe, self.tokens, init_words(settings))
+        self.caption = CAPTION.format(tokens=" ".join(self.tokens), class_word=settings.class_word)
+        groups = [{"params": list(self.rows.parameters()), "lr": settings.learning_rate}]
+        if settings.lora_rank:
+            groups.append(
+                {"params": add_unet_lora(self.pipe.unet, settings.lora_rank), "lr": settings.lora_learning_rate}
+            )
+        self.trainable = [parameter for group in groups for parameter in group["params"]]
+        self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, torch.optim.AdamW(groups))
+        self.unet = accelerator.prepare(self.pipe.unet) if settings.lora_rank else self.pipe.unet
+        self.generator = torch.Generator().manual_seed(settings.seed + accelerator.process_index)
+        self.step_count = 0
+
+    def step(self) -> float:
+        """One optimisation step; returns its loss."""
+        batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
+        with self.accelerator.autocast():
+            loss = training_loss(self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator)
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.step_count += 1
+        return loss.item()
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The UNet LoRA's weights in diffusers' naming, or nothing when none trains."""
+        if not self.settings.lora_rank:
+            return {}
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet))
+
+    def state(self) -> Checkpoint:
+        tensors = {ROWS: self.rows.rows} | {LORA_PREFIX + k: v for k, v in self.lora_state().items()}
+        return Checkpoint(self.step_count, tensors, self.optimizer.state_dict(), self.generator.get_state())
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        with torch.no_grad():
+            self.rows.rows.copy_(checkpoint.tensors[ROWS])
+        if self.settings.lora_rank:
+            from peft.utils import set_peft_model_state_dict
+
+            lora = {k.removeprefix(LORA_PREFIX): v for k, v in checkpoint.tensors.items() if k.startswith(LORA_PREFIX)}
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.generator.set_state(checkpoint.generator_state)
+        self.step_count = checkpoint.step
+
+    def identity(self) -> Identity:
+        settings = self.settings
+        metadata = {"base_model": settings.base_model, "steps_trained": self.step_count}
+        if settings.lora_rank:
+            metadata["lora"] = f"{settings.name}.lora.safetensors"
+        metadata["training"] = dataclasses.asdict(settings)
+        return Identity(settings.name, self.rows.rows.detach().float().cpu(), settings.class_word, metadata)
+
+    def save(self, run_dir: Path) -> Path:
+        """Write the identity file (and its LoRA beside it) as they stand now."""
+        identity = self.identity()
+        if lora_file := identity.metadata.get("lora"):
+            from diffusers.utils import convert_state_dict_to_diffusers
+
+            lora = convert_state_dict_to_diffusers(self.lora_state())
+            with atomic_path(run_dir / lora_file) as partial:
+                StableDiffusionPipeline.save_lora_weights(
+                    Path(partial).parent, unet_lora_layers=lora, weight_name=Path(partial).name
+                )
+        return save_identity(identity, run_dir / f"{self.settings.name}.safetensors")
+
+
+def train_identity(settings: TrainingSettings) -> Path:
+    """Learn an identity; returns the path of its magicme identity file (exports lie beside it)."""
+    # 1. Check inputs and prepare the run folder
+    check_training_settings(settings)
+    run_dir = run_folder(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"training": dataclasses.asdict(settings)}, run_dir / "run.json")
+    accelerator = Accelerator(mixed_precision=resolve_precision(settings), cpu=settings.device == "cpu")
+
+    # 2. Photos and their subject masks, with a contact sheet to check before training
+    photos = load_photos(Path(settings.photos), settings.resolution)
+    prompt = settings.mask_prompt or settings.class_word
+    models = tuple(settings.mask_models)
+    masked = prepare_masks(photos, settings.masks, prompt, run_dir / "masks", models, str(accelerator.device))
+    log.info(
+        "mask contact sheet: %s (check it before trusting the identity)", contact_sheet(masked, run_dir / "masks.png")
+    )
+
+    # 3. Model with K trainable token rows, resumed from the last checkpoint when asked
+    trainer = IdentityTrainer(settings, masked, accelerator)
+    checkpoint = load_latest_checkpoint(run_dir) if settings.resume else None
+    if checkpoint:
+        trainer.restore(checkpoint)
+        log.info("resuming %s from step %d", run_dir, checkpoint.step)
+
+    def save() -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir, trainer.state())
+            trainer.save(run_dir)
+
+    # 4. The training loop: Ctrl-C saves a checkpoint that --resume continues from
+    main = accelerator.is_main_process
+    progress = tqdm(total=settings.steps, initial=trainer.step_count, desc="learning identity", disable=not main)
+    try:
+        while trainer.step_count < settings.steps:
+            loss = trainer.step()
+            progress.update()
+            progress.set_postfix(loss=f"{loss:.4f}")
+            step = trainer.step_count
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                save()
+            if settings.validation_every and step % settings.validation_every == 0 and main:
+                render_previews(trainer.pipe, settings, step, run_dir)
+    except KeyboardInterrupt:
+        save()
+        log.warning("interrupted at step %d; checkpoint saved: resuming continues from it", trainer.step_count)
+        raise
+    finally:
+        progress.close()
+
+    # 5. Identity files: magicme's (with its LoRA), plus A1111/ComfyUI and diffusers exports
+    identity_path = trainer.save(run_dir)
+    export_a1111(trainer.identity(), run_dir / f"{settings.name}.pt")
+    export_diffusers(trainer.identity(), run_dir / f"{settings.name}.diffusers.safetensors")
+    return identity_path
+
+
+def resolve_precision(settings: TrainingSettings) -> str:
+    if settings.mixed_precision != "auto":
+        return settings.mixed_precision
+    return "fp16" if torch.cuda.is_available() and settings.device != "cpu" else "no"

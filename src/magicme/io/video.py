@@ -1,0 +1,111 @@
+"""Reading and writing videos as mp4 (H.264), gif, or a folder of PNG frames.
+
+One frame layout crosses module boundaries: float tensors (F, C, H, W) in [0, 1].
+mp4 goes through imageio-ffmpeg, whose wheel ships its own ffmpeg binary.
+"""
+
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+from PIL import Image
+
+from magicme.io.files import atomic_path
+from magicme.types import Frames
+
+
+def to_uint8(frames: Frames) -> np.ndarray:
+    """(F, C, H, W) floats in [0, 1] -> (F, H, W, C) uint8."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"expected RGB frames (F, 3, H, W), got {tuple(frames.shape)}")
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(frames: np.ndarray) -> Frames:
+    """(F, H, W, C) uint8 -> (F, C, H, W) floats in [0, 1]."""
+    return torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 255  # a copy: frames may be read-only
+
+
+def multiple_of_8(pixels: float) -> int:
+    """The nearest positive multiple of 8: the VAE downsamples by 8, so every frame side must be one."""
+    return max(8, round(pixels / 8) * 8)
+
+
+def scaled_size(frames: Frames, factor: float) -> tuple[int, int]:
+    """(height, width) of frames (F, 3, H, W) scaled by `factor`, each a multiple of 8."""
+    height, width = frames.shape[-2:]
+    return multiple_of_8(height * factor), multiple_of_8(width * factor)
+
+
+def fit_to_multiple_of_8(frames: Frames, max_side: int) -> Frames:
+    """Resize so the longer side is at most `max_side` and both sides are multiples of 8."""
+    return resize_frames(frames, scaled_size(frames, min(1.0, max_side / max(frames.shape[-2:]))))
+
+
+def resize_frames(frames: Frames, size: tuple[int, int]) -> Frames:
+    """Frames (F, 3, H, W) resized to `size` (height, width), bicubic with antialiasing."""
+    if tuple(size) == tuple(frames.shape[-2:]):
+        return frames
+    return torch.nn.functional.interpolate(frames, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
+    """Write frames atomically; the suffix picks the format (.mp4, .gif, or none for PNGs)."""
+    path = Path(path)
+    pixels = to_uint8(frames)
+    with atomic_path(path) as partial:
+        if path.suffix == ".mp4":
+            _write_mp4(pixels, partial, fps)
+        elif path.suffix == ".gif":
+            images = [Image.fromarray(frame) for frame in pixels]
+            images[0].save(partial, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        elif path.suffix == "":
+            Path(partial).mkdir()
+            for index, frame in enumerate(pixels):
+                Image.fromarray(frame).save(Path(partial) / f"frame_{index:04d}.png")
+        else:
+            raise ValueError(f"unknown video format {path.suffix!r}: use .mp4, .gif, or a folder name for PNG frames")
+    return path
+
+
+def _write_mp4(pixels: np.ndarray, path: str, fps: int) -> None:
+    height, width = pixels.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        quality=None,
+        macro_block_size=2,  # yuv420p needs even sizes; never rescale sizes that already are
+        ffmpeg_log_level="error",
+        output_params=["-crf", "17"],  # visually lossless
+    )
+    writer.send(None)
+    for frame in pixels:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def read_video(path: Path) -> torch.Tensor:
+    """Read an mp4/gif/PNG folder back as (F, C, H, W) floats in [0, 1]."""
+    path = Path(path)
+    if path.is_dir():
+        frame_files = sorted(path.glob("*.png"))
+        if not frame_files:
+            raise ValueError(f"{path} holds no PNG frames")
+        return from_uint8(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frame_files]))
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    if path.suffix == ".gif":
+        with Image.open(path) as gif:
+            frames = []
+            for index in range(gif.n_frames):
+                gif.seek(index)
+                frames.append(np.asarray(gif.convert("RGB")))
+        return from_uint8(np.stack(frames))
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    width, height = meta["size"]
+    frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+    return from_uint8(np.stack(frames))

@@ -1,0 +1,149 @@
+"""Loading an SD-1.5 + AnimateDiff pipeline from hub ids, local folders or single files.
+
+Single-file checkpoints (community fine-tunes such as Realistic Vision, or the original
+`mm_sd_v15_v2.ckpt`) are read with configs shipped in `magicme/configs`, so nothing is
+fetched from a hub when every weight is local.
+"""
+
+import logging
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AnimateDiffPipeline,
+    MotionAdapter,
+    StableDiffusionPipeline,
+)
+from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+from safetensors import safe_open
+
+from magicme.identity.files import install_identities, load_identity, lora_adapter_name
+from magicme.settings import DTYPES, ModelSettings
+
+CONFIGS = files("magicme") / "configs"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+# The UNet key of an original-layout (LDM) checkpoint, and the keys that mark its relatives.
+LDM_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+MOTION_MID_BLOCK = "mid_block.motion_modules."  # AnimateDiff v2 and v3 have one, v1 has none
+OTHER_FAMILIES = {
+    "conditioner.embedders": "SDXL",
+    "cond_stage_model.model.": "SD 2.x",
+    "model.diffusion_model.joint": "SD 3",
+}
+
+
+class _NoEmptyFp32Warning(logging.Filter):
+    """diffusers 0.42 warns at every `.to(dtype)` that modules must stay in fp32, even when none must ("[]")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Warning())
+
+
+class ModelLoadError(ValueError):
+    """A model path or checkpoint cannot be used; the message says what to give instead."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA by default (half the memory, same quality); fp32 where half is slow or absent."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {DTYPES}")
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _is_single_file(source: str) -> bool:
+    return Path(source).suffix in SINGLE_FILE_SUFFIXES
+
+
+def _check_exists(source: str, what: str) -> None:
+    """A path-like source that is missing is a typo, not a hub id: say so before any network call."""
+    looks_local = _is_single_file(source) or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().exists():
+        raise ModelLoadError(f"{what} {source} does not exist; give a hub id, a local diffusers folder or a file")
+
+
+def check_sd15_checkpoint(path: Path) -> None:
+    """Refuse checkpoints of another family before diffusers fails deep inside conversion."""
+    if path.suffix != ".safetensors":
+        return  # pickled checkpoints are only readable by loading them; diffusers does so safely
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    for prefix, family in OTHER_FAMILIES.items():
+        if any(key.startswith(prefix) for key in keys):
+            raise ModelLoadError(f"{path} is an {family} checkpoint; magicme needs an SD-1.5-family checkpoint")
+    if LDM_UNET_KEY not in keys:
+        raise ModelLoadError(
+            f"{path} is not an SD-1.5 checkpoint in the original single-file layout (no {LDM_UNET_KEY}); "
+            "for a diffusers folder pass the folder itself"
+        )
+
+
+def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
+    """Folders and hub ids carry their config; original files get v1's or v2's by their keys."""
+    _check_exists(source, "motion adapter")
+    if not _is_single_file(source):
+        return MotionAdapter.from_pretrained(source, dtype=dtype)
+    checkpoint = load_single_file_checkpoint(source)  # safetensors, or torch.load(weights_only=True)
+    if not any(".motion_modules." in key for key in checkpoint):
+        raise ModelLoadError(f"{source} holds no AnimateDiff motion modules; is it a base model or a LoRA?")
+    version = "v2" if any(key.startswith(MOTION_MID_BLOCK) for key in checkpoint) else "v1"
+    config = str(CONFIGS / f"motion_adapter_v15_{version}")
+    return MotionAdapter.from_single_file(checkpoint, config=config, dtype=dtype)
+
+
+def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """The SD-1.5 image model (text encoder, UNet, VAE) from a hub id, a folder or a single file."""
+    _check_exists(base_model, "base model")
+    if not _is_single_file(base_model):
+        return StableDiffusionPipeline.from_pretrained(
+            base_model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    check_sd15_checkpoint(Path(base_model))
+    return StableDiffusionPipeline.from_single_file(
+        base_model, config=str(CONFIGS / "sd15"), dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+
+
+def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
+    """Build the T2V pipeline: base SD-1.5 weights, a motion adapter, and the identities to use."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    image_pipe = load_image_pipeline(settings.base_model, dtype)
+    adapter = load_motion_adapter(settings.motion_adapter, dtype)
+    pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
+    identities = [load_identity(spec) for spec in settings.identities]
+    install_identities(pipe, identities)
+    adapters = {lora_adapter_name(identity): 1.0 for identity in identities if identity.lora}
+    if settings.motion_lora:
+        _check_exists(settings.motion_lora, "motion LoRA")
+        pipe.load_lora_weights(settings.motion_lora, adapter_name="motion")
+        adapters["motion"] = settings.motion_lora_scale
+    if adapters:
+        pipe.set_adapters(list(adapters), list(adapters.values()))
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    if settings.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(desc="denoising", leave=False)
+    return pipe

@@ -1,0 +1,100 @@
+"""Named face detectors, face embedders and extra CLI commands, open to plug-ins.
+
+The built-ins are registered here as factories that import their module only when used.
+A plug-in is an installed package with a `magicme.plugins` entry point: a function that
+registers its own entries. The miniature world is one, so the product never imports it,
+yet `--detector world`, `--face-model world` and `magicme demo` work when it is installed.
+"""
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+
+from magicme.types import FaceDetector, FaceEmbedder
+
+PLUGIN_GROUP = "magicme.plugins"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `magicme NAME` subcommand a plug-in adds: its help, its options and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+def _opencv_detector() -> FaceDetector:
+    from magicme.detection import opencv_face_detector
+
+    return opencv_face_detector
+
+
+def _dlib_embedder(device: str) -> FaceEmbedder:
+    from magicme.eval.encoders import dlib_face_embedder
+
+    return dlib_face_embedder()
+
+
+def _insightface_embedder(device: str) -> FaceEmbedder:
+    from magicme.eval.encoders import insightface_embedder
+
+    return insightface_embedder(device)
+
+
+_FACE_DETECTORS: dict[str, Callable[[], FaceDetector]] = {"opencv": _opencv_detector}
+_FACE_EMBEDDERS: dict[str, Callable[[str], FaceEmbedder | None]] = {
+    "dlib": _dlib_embedder,
+    "insightface": _insightface_embedder,
+    "none": lambda device: None,
+}
+_COMMANDS: dict[str, Command] = {}
+
+
+def add_face_detector(name: str, factory: Callable[[], FaceDetector]) -> None:
+    _FACE_DETECTORS[name] = factory
+
+
+def add_face_embedder(name: str, factory: Callable[[str], FaceEmbedder | None]) -> None:
+    """`factory(device)` builds the embedder; it may return None for 'no face similarity'."""
+    _FACE_EMBEDDERS[name] = factory
+
+
+def add_command(name: str, command: Command) -> None:
+    _COMMANDS[name] = command
+
+
+@cache
+def load_plugins() -> None:
+    """Let every installed plug-in register its entries, once per process."""
+    for entry_point in entry_points(group=PLUGIN_GROUP):
+        entry_point.load()()
+
+
+def face_detector_names() -> tuple[str, ...]:
+    load_plugins()
+    return tuple(_FACE_DETECTORS)
+
+
+def face_embedder_names() -> tuple[str, ...]:
+    load_plugins()
+    return tuple(_FACE_EMBEDDERS)
+
+
+def commands() -> dict[str, Command]:
+    load_plugins()
+    return dict(_COMMANDS)
+
+
+def face_detector(name: str) -> FaceDetector:
+    if name not in face_detector_names():
+        raise ValueError(f"unknown face detector {name!r}; choose one of {face_detector_names()}")
+    return _FACE_DETECTORS[name]()
+
+
+def face_embedder(name: str, device: str = "cpu") -> FaceEmbedder | None:
+    if name not in face_embedder_names():
+        raise ValueError(f"unknown face model {name!r}; choose one of {face_embedder_names()}")
+    return _FACE_EMBEDDERS[name](device)

@@ -1,0 +1,120 @@
+"""T2V VCD: AnimateDiff text-to-video started from the 3D Gaussian noise prior.
+
+The pipeline is diffusers' `AnimateDiffPipeline` as it is; VCD only chooses its initial
+latents (the prior) and its options. The stock pipeline scales given latents by the
+scheduler's `init_noise_sigma` itself, so the prior is passed unscaled.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AnimateDiffPipeline
+
+from magicme.errors import SettingError
+from magicme.identity.files import PLACEHOLDER, check_placeholders
+from magicme.io.sidecar import save_with_sidecar
+from magicme.models.loading import load_pipeline
+from magicme.models.schedulers import make_scheduler
+from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
+from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
+from magicme.t2v.prompts import parse_prompt_schedule
+
+
+def check_generation_settings(settings: GenerationSettings) -> None:
+    """Reject settings that would fail deep inside the pipeline, with the fix in the message."""
+    if not settings.prompt.strip():
+        raise SettingError("prompt", "a prompt is needed, e.g. 'a photo of <alice> woman on the beach'")
+    if settings.height % 8 or settings.width % 8 or min(settings.height, settings.width) < 8:
+        raise ValueError(
+            "height and width must be positive multiples of 8 (the VAE downsamples by 8), got "
+            f"{settings.height}x{settings.width}; try {settings.height // 8 * 8 or 8}x{settings.width // 8 * 8 or 8}"
+        )
+    if settings.num_frames < 1 or settings.num_inference_steps < 1:
+        raise ValueError("num_frames and num_inference_steps must be at least 1")
+    validate_gamma(settings.gamma)
+
+
+def loaded_identity_names(pipe: AnimateDiffPipeline) -> list[str]:
+    """Names of the identities installed in this pipeline's tokenizer."""
+    return [match.group(1) for token in pipe.tokenizer.get_added_vocab() if (match := PLACEHOLDER.fullmatch(token))]
+
+
+def configure_pipeline(pipe: AnimateDiffPipeline, settings: GenerationSettings, travel: bool) -> None:
+    """Set the sampler and the optional FreeU / FreeInit / FreeNoise features for this run."""
+    pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
+    if settings.freeu:
+        pipe.enable_freeu(**FREEU_SPEC)
+    else:
+        pipe.disable_freeu()
+    if settings.free_init:
+        pipe.enable_free_init(num_iters=settings.free_init_iters)
+    else:
+        pipe.disable_free_init()
+    if settings.free_noise:
+        pipe.enable_free_noise(context_length=settings.free_noise_context, context_stride=settings.free_noise_stride)
+    elif travel:
+        # diffusers interpolates keyframe prompts on its FreeNoise path; one window spanning
+        # the clip makes that path compute exactly what the plain motion module does.
+        pipe.enable_free_noise(context_length=settings.num_frames, context_stride=settings.num_frames)
+    elif pipe.free_noise_enabled:
+        pipe.disable_free_noise()
+
+
+def initial_latents(
+    pipe: AnimateDiffPipeline, settings: GenerationSettings, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw the clip's starting noise from the 3D prior, shaped as the pipeline expects."""
+    shape = (
+        1,
+        pipe.unet.config.in_channels,
+        settings.num_frames,
+        settings.height // pipe.vae_scale_factor,
+        settings.width // pipe.vae_scale_factor,
+    )  # (B, C, F, h, w)
+    return sample_noise_prior(
+        shape, settings.gamma, generator=generator, device=pipe._execution_device, dtype=pipe.text_encoder.dtype
+    )
+
+
+def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> torch.Tensor:
+    """Render one clip; returns frames (F, C, H, W) as floats in [0, 1]."""
+    # 1. Check inputs
+    check_generation_settings(settings)
+    check_placeholders(settings.prompt, loaded_identity_names(pipe))
+    schedule = parse_prompt_schedule(settings.prompt, settings.num_frames)
+
+    # 2. Configure the sampler and optional features
+    configure_pipeline(pipe, settings, travel=schedule is not None)
+
+    # 3. Draw the initial latents from the 3D noise prior (a CPU generator: same seed, same video on any device)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    latents = initial_latents(pipe, settings, generator)
+
+    # 4. Denoise with the stock AnimateDiff pipeline
+    output = pipe(
+        prompt=schedule or settings.prompt,
+        negative_prompt=settings.negative_prompt or None,
+        num_frames=settings.num_frames,
+        height=settings.height,
+        width=settings.width,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=generator,
+        latents=latents,
+        output_type="pt",
+    )
+    frames = output.frames[0]  # (F, C, H, W)
+    assert frames.shape == (settings.num_frames, 3, settings.height, settings.width), frames.shape
+    return frames.float().clamp(0, 1).cpu()
+
+
+def render(model: ModelSettings, generation: GenerationSettings, output: Path) -> Path:
+    """Render a clip to `output` (.mp4, .gif or a PNG folder) with its JSON sidecar beside it."""
+    check_generation_settings(generation)  # fail before minutes of model loading
+    started = time.perf_counter()
+    pipe = load_pipeline(model)
+    frames = generate(pipe, generation)
+    settings = {"model": model, "generation": generation}
+    device = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
+    return save_with_sidecar(frames, output, generation.fps, settings, started, **device)

@@ -1,0 +1,75 @@
+"""The V2V stages as jobs on files: Face VCD, Tiled VCD and identity video editing.
+
+Each reads a video (mp4, gif or a PNG folder), loads the T2V pipeline with the identities,
+runs its stage through a shared-weight video-to-video denoiser with the clip's one noise
+field, and writes the result with a sidecar of its settings.
+"""
+
+import time
+from pathlib import Path
+
+from diffusers import AnimateDiffPipeline
+
+from magicme.errors import SettingError
+from magicme.io.sidecar import save_with_sidecar
+from magicme.io.video import fit_to_multiple_of_8, read_video
+from magicme.models.loading import load_pipeline
+from magicme.registry import face_detector
+from magicme.settings import EditSettings, FaceSettings, ModelSettings, UpscaleSettings, VideoToVideoSettings
+from magicme.t2v.noise_prior import NoiseField
+from magicme.types import Denoiser
+from magicme.v2v.denoiser import make_denoiser, noise_field_for
+from magicme.v2v.faces import refine_faces
+from magicme.v2v.tiles import tiled_vcd
+from magicme.v2v.windows import denoise_in_windows
+
+
+def load_denoiser(
+    model: ModelSettings, settings: VideoToVideoSettings, source_prompt: str | None = None
+) -> tuple[Denoiser, NoiseField]:
+    """The pipeline with its identities, wrapped as a denoiser with the stage's prompt and strength,
+    and the noise field the stage draws from."""
+    if not settings.prompt.strip():
+        raise SettingError("prompt", "a prompt is needed, e.g. 'a photo of <alice> woman'")
+    pipe: AnimateDiffPipeline = load_pipeline(model)
+    return make_denoiser(pipe, settings, source_prompt), noise_field_for(pipe, settings)
+
+
+def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path, output: Path) -> Path:
+    """Face VCD on the video at `source`, written to `output` with its sidecar."""
+    started, frames = time.perf_counter(), read_video(source)
+    denoise, noise = load_denoiser(model, settings)
+    detector = face_detector(settings.detector)
+    refined = refine_faces(
+        frames,
+        denoise,
+        noise.draw,
+        detector,
+        settings.crop_factor,
+        settings.guide_size,
+        settings.feather,
+        settings.largest_only,
+    )
+    sections = {"model": model, "refine_face": settings}
+    return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
+
+
+def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path, output: Path) -> Path:
+    """Tiled VCD on the video at `source`, written to `output` with its sidecar."""
+    started, frames = time.perf_counter(), read_video(source)
+    denoise, noise = load_denoiser(model, settings)
+    refined = tiled_vcd(frames, denoise, noise.draw, settings)
+    sections = {"model": model, "upscale": settings}
+    return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
+
+
+def edit_video(model: ModelSettings, settings: EditSettings, source: Path, output: Path) -> Path:
+    """Identity editing of the video at `source` (SDEdit or DDIM inversion), written to `output`."""
+    started = time.perf_counter()
+    frames = fit_to_multiple_of_8(read_video(source), settings.max_side)
+    inversion = settings.method == "ddim-inversion"
+    denoise, noise = load_denoiser(model, settings, settings.source_prompt if inversion else None)
+    field = noise.draw(*frames.shape[:1], *frames.shape[-2:])
+    edited = denoise_in_windows(frames, denoise, field, settings.window, settings.window_overlap)
+    sections = {"model": model, "edit": settings}
+    return save_with_sidecar(edited, output, settings.fps, sections, started, source=str(source))

@@ -1,0 +1,57 @@
+"""Overlapping windows over one axis (frames in time, pixels in space) and their blend weights.
+
+Tiled VCD lays tiles over the frame and identity editing lays 16-frame windows over a long
+clip; both blend neighbours with ramps across their overlap, normalised to sum to one, so
+no seam shows and a denoiser that returns its input gives back the clip exactly.
+"""
+
+import math
+
+import torch
+
+from magicme.types import Denoiser, Frames, Latents
+
+
+def spread(length: int, window: int, count: int, align: int = 1) -> list[int]:
+    """Origins of `count` windows of `window` cells spread evenly to cover [0, length), on multiples of `align`."""
+    if count == 1:
+        return [0]
+    return [round(index * (length - window) / (count - 1) / align) * align for index in range(count)]
+
+
+def window_starts(length: int, window: int, overlap: int) -> list[int]:
+    """The fewest windows of a fixed size whose neighbours share at least `overlap` (frames, in time)."""
+    if length <= window:
+        return [0]
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window), got overlap {overlap} for window {window}")
+    return spread(length, window, math.ceil((length - overlap) / (window - overlap)))
+
+
+def axis_ramps(starts: list[int], size: int) -> list[torch.Tensor]:
+    """Per window, weights along one axis: rising across the overlap with the previous window,
+    falling across the overlap with the next, 1 elsewhere; never 0, so every cell is covered."""
+    ramps = []
+    for index, start in enumerate(starts):
+        weight = torch.ones(size)
+        if index > 0:
+            shared = starts[index - 1] + size - start
+            weight[:shared] = torch.minimum(weight[:shared], torch.arange(1, shared + 1) / (shared + 1))
+        if index < len(starts) - 1:
+            shared = start + size - starts[index + 1]
+            weight[size - shared :] = torch.minimum(weight[size - shared :], torch.arange(shared, 0, -1) / (shared + 1))
+        ramps.append(weight)
+    return ramps
+
+
+def denoise_in_windows(frames: Frames, denoise: Denoiser, noise: Latents, window: int, overlap: int) -> Frames:
+    """Denoise a clip (F, 3, H, W) `window` frames at a time, overlaps blended; each window is
+    re-noised with its frames' part of the clip's noise (1, C, F, h, w)."""
+    starts = window_starts(frames.shape[0], window, overlap)
+    size = min(window, frames.shape[0])
+    result, total = torch.zeros_like(frames), torch.zeros(frames.shape[0])
+    for start, ramp in zip(starts, axis_ramps(starts, size), strict=True):
+        part = slice(start, start + size)
+        result[part] += denoise(frames[part], noise[:, :, part]) * ramp[:, None, None, None]
+        total[part] += ramp
+    return result / total[:, None, None, None]

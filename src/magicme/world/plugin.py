@@ -1,0 +1,50 @@
+"""The miniature world as a magicme plug-in (entry point `magicme.plugins: world`).
+
+It adds `--detector world` (Face VCD), `--face-model world` (eval) and `magicme demo`.
+Registering imports nothing heavy: each factory loads the world's instruments or demo
+only when used.
+"""
+
+import argparse
+from pathlib import Path
+
+from magicme import registry
+from magicme.types import FaceDetector, FaceEmbedder
+
+
+def world_face_detector() -> FaceDetector:
+    """The world's trained face locator, for the built-in world model."""
+    from magicme.world.instruments import world_instruments
+
+    return world_instruments().locate_faces
+
+
+def world_face_embedder(device: str) -> FaceEmbedder:
+    """The world's trait-reading identity instrument."""
+    from magicme.world.instruments import world_instruments
+
+    return world_instruments().embed_face
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
+    parser.add_argument(
+        "--identity", type=int, help="which held-out identity to learn (1000 to 1019; default 1003, see the README)"
+    )
+
+
+def run_demo_command(args: argparse.Namespace) -> None:
+    from magicme.world.demo import DemoSettings, run_demo
+
+    settings = DemoSettings() if args.identity is None else DemoSettings(identity=args.identity)
+    video = run_demo(args.output_dir, settings)
+    print(
+        f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
+    )
+
+
+def register() -> None:
+    registry.add_face_detector("world", world_face_detector)
+    registry.add_face_embedder("world", world_face_embedder)
+    demo = "learn a held-out identity of the miniature world and film it (trained model, offline, CPU)"
+    registry.add_command("demo", registry.Command(demo, add_demo_arguments, run_demo_command))
