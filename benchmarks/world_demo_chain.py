@@ -14,7 +14,6 @@ Writes benchmarks/results-world-demo-chain.json and prints the Markdown table.
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from record import write_record
 from world_table import learn
 
 from magicme.io.video import to_uint8
@@ -117,9 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         identities = HELD_OUT[: args.identities]
         results = {identity: measure_identity(identity, Path(work), args.training_steps) for identity in identities}
-    minutes = (time.perf_counter() - started) / 60
-    record = {"command": "python benchmarks/world_demo_chain.py", "minutes": round(minutes, 1), "identities": results}
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    minutes = write_record(args.output, started, identities=results)
     print(table(results))
     print(f"\n{args.identities} identities, one clip each per setting; {minutes:.1f} min")
 

@@ -13,22 +13,23 @@ the Markdown table.
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 from diffusers import AnimateDiffPipeline
+from record import write_record
 
 from magicme.eval.metrics import similarity_to_references
 from magicme.io.video import to_uint8
 from magicme.models.loading import load_pipeline
-from magicme.settings import GenerationSettings, ModelSettings
+from magicme.settings import ModelSettings
 from magicme.t2v.generate import generate
 from magicme.world import scenes
 from magicme.world.accuracy import HELD_OUT, lineup_place, photo_embeddings
 from magicme.world.instruments import world_instruments
-from magicme.world.model import SIZE, world_model_paths
+from magicme.world.model import world_model_paths
+from magicme.world.recipe import RECIPE
 
 HERE = Path(__file__).resolve().parent
 SCALES = (2.0, 3.0, 5.0, 7.5)
@@ -42,7 +43,7 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
         references = photo_embeddings(instruments, identity)
         for distance in ("medium", "close"):
             text = scenes.caption(who, scene, distance)
-            video = GenerationSettings(prompt=text, height=SIZE, width=SIZE, guidance_scale=scale, seed=0)
+            video = RECIPE.generation(text, guidance_scale=scale)
             frames = to_uint8(generate(pipe, video))
             faces = instruments.embed_faces(frames)
             found.append(0 if faces is None else len(faces) / len(frames))
@@ -67,9 +68,7 @@ def main() -> None:
     base, motion = world_model_paths()
     pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion)))
     results = {str(scale): measure(pipe, scale, identities) for scale in args.scales}
-    minutes = (time.perf_counter() - started) / 60
-    record = {"command": "python benchmarks/world_guidance.py", "minutes": round(minutes, 1), "scales": results}
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    minutes = write_record(args.output, started, scales=results)
     print("| guidance | identity similarity | face found | lineup rank (of 20) |\n|---|---|---|---|")
     for scale, result in results.items():
         print(f"| {scale} | {result['identity']:.3f} | {result['face_found']:.0%} | {result['rank']:.1f} |")

@@ -20,7 +20,6 @@ Writes benchmarks/results-world.json and prints the Markdown table.
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from record import write_record
 
 from magicme.eval.metrics import dynamic_degree, flicker, similarity_to_references
 from magicme.identity.train import train_identity
@@ -187,9 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for identity in range(scenes.HELD_OUT_START, scenes.HELD_OUT_START + args.identities):
             measure_identity(identity, list(range(args.seeds)), Path(work), cells)
-    minutes = (time.perf_counter() - started) / 60
-    record = {"command": "python benchmarks/world_table.py", "minutes": round(minutes, 1), "cells": cells}
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    minutes = write_record(args.output, started, cells=cells)
     print(table(cells))
     print(f"\n{args.identities} identities x {args.seeds} seeds; {minutes:.1f} min")
 

@@ -104,3 +104,10 @@ def test_demo_refuses_an_identity_the_model_was_trained_on(tmp_path: Path, capsy
     assert main(["demo", "--output-dir", str(tmp_path), "--identity", "7"]) == 2
     assert "choose one of 1000 to 1019" in capsys.readouterr().err
     assert not (tmp_path / "photos").exists()  # refused before any work
+
+
+def test_importing_magicme_prints_no_library_warnings() -> None:
+    """transformers names each image processor that falls back from torchvision, which magicme never needs."""
+    code = "import magicme.models.loading, magicme.eval.encoders, transformers; transformers.CLIPImageProcessor"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr == ""

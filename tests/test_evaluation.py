@@ -170,6 +170,26 @@ def test_protocol_drives_generate_and_eval(
     assert main([*argv, "--clip-model", "none", "--dino-model", "none"]) == 2
 
 
+def test_generation_options_beside_a_protocol_apply_to_every_video(
+    tiny_model, identity_file, astronaut_folder, tmp_path, capsys
+) -> None:
+    protocol = tmp_path / "protocol.yaml"
+    identities = {"alice": {"file": str(identity_file), "references": str(astronaut_folder)}}
+    generation = {"num_frames": 2, "height": 32, "width": 32, "num_inference_steps": 1, "gamma": 0.1}
+    protocol.write_text(yaml.safe_dump({"identities": identities, "prompts": ["{identity}"], "seeds": [0, 1]}))
+    protocol.write_text(protocol.read_text() + yaml.safe_dump({"generation": generation}))
+    base, motion = tiny_model
+    argv = ["generate", "--protocol", str(protocol), "--base-model", str(base), "--motion-adapter", str(motion)]
+    assert main([*argv, "--output-dir", str(tmp_path / "out"), "--gamma", "0.3"]) == 0
+    sidecars = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    assert [s["generation"]["gamma"] for s in sidecars] == [0.3, 0.3]
+    assert [s["generation"]["seed"] for s in sidecars] == [0, 1]
+
+    assert main([*argv, "--output-dir", str(tmp_path / "refused"), "--seed", "9"]) == 2
+    assert "sets each video's --seed from its `prompts` and `seeds`" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_eval_needs_something_to_score(capsys) -> None:
     assert main(["eval", "--face-model", "none"]) == 2
     assert "give VIDEOS with --references and --prompt" in capsys.readouterr().err

@@ -41,16 +41,68 @@ def test_a1111_file_loads_with_its_stem_and_can_be_renamed(tmp_path: Path) -> No
     assert renamed.name == "dana" and torch.equal(renamed.embeddings, embeddings)
 
 
-def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+def test_pickled_code_is_refused_without_advice_to_disable_the_guard(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"string_to_param": {"*": torch.randn(2, 768)}, "payload": Path("x")}, path)
-    with pytest.raises(IdentityError, match="plain-tensor"):
+    with pytest.raises(IdentityError, match="contains code, not only tensors; it was not loaded") as refused:
+        load_identity(path)
+    assert "weights_only" not in str(refused.value)
+
+
+def save_safetensors(path: Path, content: dict) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(content, str(path))
+    return path
+
+
+def save_pickle(path: Path, content: object) -> Path:
+    torch.save(content, path)
+    return path
+
+
+VECTORS = torch.randn(2, 768, generator=torch.Generator().manual_seed(0))
+LAYOUTS = {  # what each tool writes -> (content, the name magicme gives it from `cat-toy.SUFFIX`)
+    "A1111/ComfyUI string_to_param": ({"string_to_param": {"*": VECTORS}, "name": "x", "step": 9}, "cat-toy"),
+    "kohya/Civitai emb_params": ({"emb_params": VECTORS}, "cat-toy"),
+    "diffusers / sd-concepts learned_embeds": ({"<cat-toy>": VECTORS}, "cat-toy"),
+    "diffusers one token under another name": ({"<sks>": VECTORS}, "sks"),
+    "a bare tensor": (VECTORS, "cat-toy"),
+}
+
+
+FLAT = [
+    layout for layout, (content, _) in LAYOUTS.items() if isinstance(content, dict) and "string_to_param" not in content
+]
+
+
+@pytest.mark.parametrize(  # safetensors holds flat mappings of tensors only
+    ("layout", "suffix"),
+    [(layout, suffix) for layout in LAYOUTS for suffix in (".pt", ".bin")]
+    + [(layout, ".safetensors") for layout in FLAT],
+)
+def test_identity_layouts_are_read_by_content_whatever_the_suffix(tmp_path: Path, layout: str, suffix: str) -> None:
+    content, name = LAYOUTS[layout]
+    path = tmp_path / f"cat-toy{suffix}"
+    save_safetensors(path, content) if suffix == ".safetensors" else save_pickle(path, content)
+    identity = load_identity(path)
+    assert identity.name == name and torch.equal(identity.embeddings, VECTORS)
+
+
+def test_an_sdxl_embedding_is_named_as_such(tmp_path: Path) -> None:
+    path = save_safetensors(
+        tmp_path / "xl.safetensors", {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}
+    )
+    with pytest.raises(IdentityError, match=r"SDXL embedding .*768.*1280"):
         load_identity(path)
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [({"foo": torch.zeros(1)}, r"string_to_param"), ({"string_to_param": {"*": torch.zeros(2, 3, 4)}}, r"\(K, D\)")],
+    [
+        ({"foo": torch.zeros(1), "bar": torch.zeros(1)}, r"not an identity layout"),
+        ({"string_to_param": {"*": torch.zeros(2, 3, 4)}}, r"\(K, D\)"),
+    ],
 )
 def test_malformed_a1111_files(tmp_path: Path, content: dict, message: str) -> None:
     path = tmp_path / "bad.pt"
@@ -63,7 +115,7 @@ def test_missing_or_unknown_files(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="does not exist"):
         load_identity(tmp_path / "nobody.safetensors")
     (tmp_path / "alice.txt").write_text("hi")
-    with pytest.raises(IdentityError, match="unknown identity format"):
+    with pytest.raises(IdentityError, match="not a readable PyTorch or safetensors file"):
         load_identity(tmp_path / "alice.txt")
 
 

@@ -197,3 +197,22 @@ def test_edit_by_ddim_inversion(small_clip: Path, model_args, tmp_path: Path) ->
     argv = ["edit", str(small_clip), *model_args, *FAST, "--method", "ddim-inversion", "--source-prompt", "a woman"]
     assert main([*argv, "--max-side", "64", "--num-inference-steps", "4", "-o", str(output)]) == 0
     assert read_video(output).shape == (6, 3, 64, 64)
+
+
+def test_a_sidecars_sections_paste_into_a_chain_and_the_old_names_still_work(tmp_path: Path) -> None:
+    import time
+
+    from magicme.io.sidecar import save_with_sidecar
+    from magicme.settings import GenerationSettings, ModelSettings
+
+    sections = {"model": ModelSettings(), "generation": GenerationSettings(prompt="a cat", seed=3)}
+    save_with_sidecar(torch.rand(2, 3, 16, 16), tmp_path / "clip.mp4", 8, sections, time.perf_counter())
+    sidecar = json.loads((tmp_path / "clip.json").read_text())
+    config = {"output_dir": str(tmp_path / "chain"), "model": sidecar["model"], "generation": sidecar["generation"]}
+    stages = chain.parse_chain(config, "chain.yaml")[3]
+    assert stages == {"generation": GenerationSettings(prompt="a cat", seed=3)}
+
+    with pytest.warns(DeprecationWarning, match="the chain section `generate` is now `generation`"):
+        assert list(chain.parse_chain({"generate": {"prompt": "x"}}, "old.yaml")[3]) == ["generation"]
+    with pytest.raises(ValueError, match="keep only `generation`"):
+        chain.parse_chain({"generate": {}, "generation": {}}, "both.yaml")

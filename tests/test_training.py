@@ -227,3 +227,38 @@ def test_previews_can_include_a_short_clip(settings: TrainingSettings, tiny_mode
     previews = Path(settings.output_dir) / "previews"
     assert sorted(p.name for p in previews.iterdir()) == ["step-000002-0.mp4", "step-000002-0.png"]
     assert read_video(previews / "step-000002-0.mp4").shape == (8, 3, 64, 64)
+
+
+def test_a_v_prediction_model_trains_on_velocity_and_others_are_refused(
+    settings: TrainingSettings, monkeypatch
+) -> None:
+    """Same draws, two models: the epsilon one's target is the noise, the v one's (noise - sigma x_t) / alpha."""
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    from magicme.testing.tiny import build_tiny_model
+
+    batch = training.Batch(torch.rand(2, 3, 64, 64) * 2 - 1, torch.ones(2, 1, 64, 64), ["a photo of a woman"] * 2)
+    targets, inputs = {}, {}
+    for prediction in ("epsilon", "v_prediction"):
+        pipe = build_tiny_model()[0]
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction)
+        pipe = training.prepare_training_pipeline(pipe, settings, Accelerator(cpu=True))
+
+        def unet(noisy, timesteps, text, prediction=prediction):
+            inputs[prediction] = (noisy, timesteps)
+            return SimpleNamespace(sample=torch.zeros_like(noisy))
+
+        monkeypatch.setattr(training, "masked_loss", lambda p, target, m, k=prediction: targets.setdefault(k, target))
+        training.training_loss(pipe, pipe.text_encoder, unet, batch, settings, torch.Generator().manual_seed(0))
+    noisy, timesteps = inputs["v_prediction"]
+    assert torch.equal(noisy, inputs["epsilon"][0]), "the same latents, noise and timesteps"
+    alpha_bar = pipe.scheduler.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+    velocity = (targets["epsilon"] - (1 - alpha_bar).sqrt() * noisy) / alpha_bar.sqrt()
+    assert torch.allclose(targets["v_prediction"], velocity, atol=1e-4)
+
+    pipe = build_tiny_model()[0]
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="sample")
+    with pytest.raises(ValueError, match="predicts 'sample'; the ID module trains models that predict epsilon or v"):
+        training.prepare_training_pipeline(pipe, settings, Accelerator(cpu=True))

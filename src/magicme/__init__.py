@@ -13,10 +13,12 @@ The Python API in a few names; heavy modules load on first use so `import magicm
 from importlib import import_module
 from typing import Any
 
-from magicme import _deprecated
-from magicme.settings import GenerationSettings, ModelSettings, TrainingSettings
+from magicme import _deprecated, quiet
 
+quiet.install()
 _deprecated.install()
+
+from magicme.settings import GenerationSettings, ModelSettings, TrainingSettings  # noqa: E402
 
 __all__ = [
     "GenerationSettings",

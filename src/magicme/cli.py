@@ -211,14 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def collect_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the config file, then the options given on the command line."""
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given, by section: the config file's, then the options on the command line."""
     record = read_config_file(args.config) if args.config else {}
     for key, value in vars(args).items():
         section, _, name = key.partition(":")
         if name:
             record.setdefault(section, {})[name] = value
-    return settings_from_record(record, COMMAND_SECTIONS[args.command], str(args.config or "options"))
+    return record
+
+
+def collect_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the config file, then the options given on the command line."""
+    return settings_from_record(given_settings(args), COMMAND_SECTIONS[args.command], str(args.config or "options"))
 
 
 def default_output(generation: GenerationSettings) -> Path:
@@ -233,7 +238,8 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.protocol:
         from magicme.eval.protocol import read_protocol, render_protocol
 
-        videos = render_protocol(settings["model"], read_protocol(args.protocol), args.output_dir)
+        protocol = read_protocol(args.protocol).with_generation(given_settings(args).get("generation", {}))
+        videos = render_protocol(settings["model"], protocol, args.output_dir)
         print(f"{len(videos)} videos in {args.output_dir}")
         return
     output = args.output or default_output(settings["generation"])

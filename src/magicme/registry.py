@@ -10,7 +10,9 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from importlib import import_module
 from importlib.metadata import entry_points
+from typing import Any
 
 from magicme.types import FaceDetector, FaceEmbedder
 
@@ -26,28 +28,18 @@ class Command:
     run: Callable[[argparse.Namespace], None]
 
 
-def _opencv_detector() -> FaceDetector:
-    from magicme.detection import opencv_face_detector
-
-    return opencv_face_detector
-
-
-def _dlib_embedder(device: str) -> FaceEmbedder:
-    from magicme.eval.encoders import dlib_face_embedder
-
-    return dlib_face_embedder()
+def _imported(target: str) -> Any:
+    """`module:name`, imported when first used: registering a built-in loads none of its libraries."""
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
 
 
-def _insightface_embedder(device: str) -> FaceEmbedder:
-    from magicme.eval.encoders import insightface_embedder
-
-    return insightface_embedder(device)
-
-
-_FACE_DETECTORS: dict[str, Callable[[], FaceDetector]] = {"opencv": _opencv_detector}
+_FACE_DETECTORS: dict[str, Callable[[], FaceDetector]] = {
+    "opencv": lambda: _imported("magicme.detection:opencv_face_detector"),
+}
 _FACE_EMBEDDERS: dict[str, Callable[[str], FaceEmbedder | None]] = {
-    "dlib": _dlib_embedder,
-    "insightface": _insightface_embedder,
+    "dlib": lambda device: _imported("magicme.eval.encoders:dlib_face_embedder")(),
+    "insightface": lambda device: _imported("magicme.eval.encoders:insightface_embedder")(device),
     "none": lambda device: None,
 }
 _COMMANDS: dict[str, Command] = {}

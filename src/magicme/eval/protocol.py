@@ -64,6 +64,17 @@ class Protocol:
             for seed in self.seeds
         ]
 
+    def with_generation(self, values: dict[str, Any]) -> "Protocol":
+        """This protocol with generation settings given beside it (say, `gamma`) applied to every video;
+        each video's `prompt` and `seed` come from the protocol's lists alone."""
+        fixed = sorted({"prompt", "seed"} & set(values))
+        if fixed:
+            named = " and ".join(f"`{name}`" for name in fixed)
+            raise ValueError(f"a protocol sets each video's {named} from its `prompts` and `seeds`; set them there")
+        generation = self.generation | values
+        from_mapping(GenerationSettings, generation, "generation settings")  # typos fail now, not mid-run
+        return dataclasses.replace(self, generation=generation)
+
     def entries(self, videos_dir: Path) -> list[Entry]:
         """What `eval` scores: each job's video in `videos_dir`, which must exist."""
         entries = [Entry(videos_dir / j.video_name, j.prompt, j.references, j.class_word) for j in self.jobs()]

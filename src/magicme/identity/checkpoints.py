@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from magicme.io.files import atomic_path
+from magicme.io.files import atomic_path, load_plain_torch_file
 
 KEEP = 2
 GENERATOR_KEY = "__generator_state__"
@@ -57,6 +57,6 @@ def load_latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     return Checkpoint(
         step=json.loads((folder / "step.json").read_text())["step"],
         tensors=tensors,
-        optimizer=torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
+        optimizer=load_plain_torch_file(folder / "optimizer.pt"),
         generator_state=tensors.pop(GENERATOR_KEY),
     )

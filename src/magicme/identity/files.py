@@ -4,9 +4,10 @@ A prompt names an identity as `<NAME>`. Installing an identity adds K tokens `<N
 `<NAME>_1`, ... to the tokenizer through diffusers' `load_textual_inversion`, whose prompt
 conversion expands `<NAME>` to all K tokens; nothing else in the text encoder changes.
 
-Formats read: magicme's safetensors (tensor `embeddings` of shape (K, D) plus string
-metadata) and the A1111/ComfyUI `.pt` layout `{"string_to_param": {"*": tensor[K, D]}}`,
-the reference implementation's output, unpickled with `weights_only=True`.
+Formats read, by content: magicme's safetensors (tensor `embeddings` of shape (K, D) plus
+string metadata), the A1111/ComfyUI layout `{"string_to_param": {"*": tensor[K, D]}}` (the
+reference implementation's output), `emb_params`, diffusers' one-key files and bare
+tensors; pickles are read with `weights_only=True`, so a file carrying code is refused.
 """
 
 import json
@@ -19,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from magicme.io.files import atomic_path
+from magicme.io.files import atomic_path, load_plain_torch_file
 
 FORMAT = "magicme-identity"
 FORMAT_VERSION = "1"
@@ -89,17 +90,18 @@ def export_diffusers(identity: Identity, path: Path) -> Path:
 
 
 def load_identity(spec: str | Path) -> Identity:
-    """Load `PATH` or `NAME=PATH`; the name defaults to the file's own name (or its stem)."""
+    """Load `PATH` or `NAME=PATH`; the name defaults to the file's own name (or its stem).
+
+    The layout is read from the content, not the suffix, as diffusers' loader does: magicme's
+    safetensors, A1111/ComfyUI `string_to_param`, kohya/ComfyUI `emb_params`, diffusers'
+    one-key `{"<token>": tensor}` (sd-concepts' `learned_embeds.bin`) and a bare tensor, in
+    `.safetensors`, `.pt` or `.bin` files alike.
+    """
     name, _, path_text = str(spec).rpartition("=")
     path = Path(path_text)
     if not path.is_file():
         raise IdentityError(f"identity file {path} does not exist")
-    if path.suffix == ".safetensors":
-        identity = _load_safetensors(path)
-    elif path.suffix in (".pt", ".bin"):
-        identity = _load_a1111(path)
-    else:
-        raise IdentityError(f"{path}: unknown identity format; use a magicme .safetensors or an A1111 .pt file")
+    identity = identity_from_content(*read_identity_file(path), path)
     if name:
         identity.name = name
     if lora_file := identity.metadata.get("lora"):
@@ -111,38 +113,54 @@ def load_identity(spec: str | Path) -> Identity:
     return identity
 
 
-def _load_safetensors(path: Path) -> Identity:
-    """magicme's format, or a diffusers textual-inversion file holding one tensor."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        keys = list(handle.keys())
-        if metadata.get("format") != FORMAT and len(keys) == 1:
-            name = keys[0].strip("<>") or path.stem
-            return Identity(name, _as_matrix(handle.get_tensor(keys[0]), path))
-        if metadata.get("format") != FORMAT or "embeddings" not in keys:
-            raise IdentityError(
-                f"{path} is neither a magicme identity (an 'embeddings' tensor with format={FORMAT} metadata) "
-                "nor a one-tensor diffusers textual-inversion file"
-            )
-        embeddings = handle.get_tensor("embeddings")
-    return Identity(
-        name=metadata.get("name") or path.stem,
-        embeddings=_as_matrix(embeddings, path),
-        class_word=metadata.get("class_word") or None,
-        metadata=json.loads(metadata.get("metadata", "{}")),
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
+
+
+def read_identity_file(path: Path) -> tuple[Any, dict[str, str]]:
+    """The file's content (a mapping, or a bare tensor) and its safetensors metadata (none for a pickle)."""
+    if is_safetensors(path):
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
+    try:
+        return load_plain_torch_file(path), {}
+    except ValueError as error:
+        raise IdentityError(str(error)) from None
+
+
+def identity_from_content(content: Any, metadata: dict[str, str], path: Path) -> Identity:
+    """Recognise the layouts identity files come in, by their keys."""
+    if metadata.get("format") == FORMAT and "embeddings" in content:
+        return Identity(
+            name=metadata.get("name") or path.stem,
+            embeddings=_as_matrix(content["embeddings"], path),
+            class_word=metadata.get("class_word") or None,
+            metadata=json.loads(metadata.get("metadata", "{}")),
+        )
+    if isinstance(content, torch.Tensor):  # a bare tensor, as ComfyUI accepts
+        return Identity(path.stem, _as_matrix(content, path))
+    if not isinstance(content, dict):
+        raise IdentityError(f"{path} holds a {type(content).__name__}, not token embeddings")
+    if {"clip_l", "clip_g"} <= set(content):
+        raise IdentityError(
+            f"{path} is an SDXL embedding (clip_l of width 768 and clip_g of width 1280); "
+            "magicme uses SD-1.5-family models, whose text encoder is 768 wide"
+        )
+    if isinstance(content.get("string_to_param"), dict) and len(content["string_to_param"]) == 1:
+        return Identity(path.stem, _as_matrix(next(iter(content["string_to_param"].values())), path))  # A1111
+    if isinstance(content.get("emb_params"), torch.Tensor):  # kohya, Civitai
+        return Identity(path.stem, _as_matrix(content["emb_params"], path))
+    tensors = {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
+    if len(content) == 1 and len(tensors) == 1:  # diffusers: {"<token>": tensor}
+        key, embeddings = next(iter(tensors.items()))
+        return Identity(key.strip("<>") or path.stem, _as_matrix(embeddings, path))
+    raise IdentityError(
+        f"{path} holds keys {sorted(map(str, content))[:8]}: not an identity layout magicme knows (magicme "
+        "safetensors, A1111/ComfyUI string_to_param, emb_params, or a one-tensor diffusers file)"
     )
-
-
-def _load_a1111(path: Path) -> Identity:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure means the same to the user
-        raise IdentityError(f"{path} could not be read as a plain-tensor .pt file: {error}") from error
-    try:
-        embeddings = state["string_to_param"]["*"]
-    except (KeyError, TypeError):
-        raise IdentityError(f"{path} has no ['string_to_param']['*'] tensor: not an A1111/ComfyUI embedding") from None
-    return Identity(name=path.stem, embeddings=_as_matrix(embeddings, path))
 
 
 def _as_matrix(embeddings: torch.Tensor, path: Path) -> torch.Tensor:

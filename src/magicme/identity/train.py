@@ -3,8 +3,9 @@
 Only the K new rows of the text encoder's token table train. They enter through a
 `torch.nn.utils.parametrize` parametrization of the table (frozen table with the K rows
 swapped in), so the UNet, the VAE and every other weight stay bit-identical and the
-optimizer holds K x D numbers. The loss is epsilon-prediction MSE weighted by the
-subject mask at latent resolution and normalised by its area (Magic-Me, section 3.1).
+optimizer holds K x D numbers. The loss is the model's own prediction target (epsilon, or v
+for v-prediction models) as MSE weighted by the subject mask at latent resolution and
+normalised by its area (Magic-Me, section 3.1).
 """
 
 import dataclasses
@@ -38,6 +39,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_PREFIX = "lora."
 GENERIC_INIT_WORDS = ("face", "person", "photo")
 ROWS = "identity_rows"
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class IdentityRows(nn.Module):
@@ -120,13 +122,18 @@ def training_loss(
     steps = pipe.scheduler.config.num_train_timesteps
     timesteps = torch.randint(steps, (latents.shape[0],), generator=generator).to(device)
     noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    target = (
+        noise
+        if pipe.scheduler.config.prediction_type == "epsilon"
+        else pipe.scheduler.get_velocity(latents, noise, timesteps)
+    )
     ids = pipe.tokenizer(
         batch.captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
     ).input_ids
     text = text_encoder(torch.tensor(ids, device=device))[0]
     prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
     latent_mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
-    return masked_loss(prediction, noise, latent_mask)
+    return masked_loss(prediction, target, latent_mask)
 
 
 def run_folder(settings: TrainingSettings) -> Path:
@@ -155,9 +162,18 @@ def load_training_pipeline(settings: TrainingSettings, accelerator: Accelerator)
 def prepare_training_pipeline(
     pipe: StableDiffusionPipeline, settings: TrainingSettings, accelerator: Accelerator
 ) -> StableDiffusionPipeline:
-    """The frozen image model in the accelerator's precision, with the reference's DDPM schedule."""
+    """The frozen image model in the accelerator's precision, with the reference's DDPM schedule and
+    the model's own prediction target (epsilon for SD 1.5, v for v-prediction fine-tunes)."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    pipe.scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{settings.base_model} predicts {prediction!r}; the ID module trains models that predict "
+            f"{' or '.join(PREDICTION_TYPES)} (set in the model's scheduler config)"
+        )
+    pipe.scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", prediction_type=prediction
+    )
     pipe.unet.requires_grad_(False).to(accelerator.device, weight_dtype)
     pipe.vae.requires_grad_(False).to(accelerator.device, weight_dtype)
     pipe.text_encoder.to(accelerator.device)  # stays fp32: its K rows are what trains
@@ -317,7 +333,14 @@ class IdentityTrainer:
 
 
 def train_identity(settings: TrainingSettings) -> Path:
-    """Learn an identity; returns the path of its magicme identity file (exports lie beside it)."""
+    """Learn an identity (VCD's ID module) from a folder of photos.
+
+    Args:
+        settings: the photos, name, class word, base model and the training recipe (reference defaults).
+
+    Returns:
+        the path of its magicme identity file; the A1111/ComfyUI and diffusers exports lie beside it.
+    """
     # 1. Check inputs and prepare the run folder
     check_training_settings(settings)
     run_dir = run_folder(settings)

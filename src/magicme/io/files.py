@@ -1,12 +1,16 @@
-"""Writing outputs atomically, so a crash or a full disk never leaves a half-written file."""
+"""Files on disk: outputs written atomically (a crash or a full disk never leaves a half-written file),
+and PyTorch files read without ever running the code a pickle can carry."""
 
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 @contextmanager
@@ -28,6 +32,22 @@ def atomic_path(path: Path) -> Iterator[str]:
         else:
             partial.unlink(missing_ok=True)
         raise
+
+
+def load_plain_torch_file(path: Path) -> Any:
+    """A `.pt`/`.bin`/`.ckpt` file read with `weights_only=True`: tensors, numbers, strings and
+    containers of them. A file that holds code is refused, because loading it could run that code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} contains code, not only tensors; it was not loaded, because loading it could run that "
+            "code. Use a .safetensors file, or a .pt file of plain tensors."
+        ) from None
+    except Exception as error:  # torch reports a truncated or foreign file in many ways; all mean the same here
+        raise ValueError(
+            f"{path} is not a readable PyTorch or safetensors file (truncated, or another format?)"
+        ) from error
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:

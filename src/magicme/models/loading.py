@@ -5,7 +5,6 @@ Single-file checkpoints (community fine-tunes such as Realistic Vision, or the o
 fetched from a hub when every weight is local.
 """
 
-import logging
 from importlib.resources import files
 from pathlib import Path
 
@@ -31,16 +30,6 @@ OTHER_FAMILIES = {
     "cond_stage_model.model.": "SD 2.x",
     "model.diffusion_model.joint": "SD 3",
 }
-
-
-class _NoEmptyFp32Warning(logging.Filter):
-    """diffusers 0.42 warns at every `.to(dtype)` that modules must stay in fp32, even when none must ("[]")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "kept in float32: []" not in record.getMessage()
-
-
-logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Warning())
 
 
 class ModelLoadError(ValueError):

@@ -19,6 +19,7 @@ from magicme.models.schedulers import make_scheduler
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
 from magicme.t2v.prompts import parse_prompt_schedule
+from magicme.types import Frames, Latents
 
 
 def check_generation_settings(settings: GenerationSettings) -> None:
@@ -61,10 +62,8 @@ def configure_pipeline(pipe: AnimateDiffPipeline, settings: GenerationSettings, 
         pipe.disable_free_noise()
 
 
-def initial_latents(
-    pipe: AnimateDiffPipeline, settings: GenerationSettings, generator: torch.Generator
-) -> torch.Tensor:
-    """Draw the clip's starting noise from the 3D prior, shaped as the pipeline expects."""
+def initial_latents(pipe: AnimateDiffPipeline, settings: GenerationSettings, generator: torch.Generator) -> Latents:
+    """Draw the clip's starting noise from the 3D prior: (1, C, F, H / s, W / s), as the pipeline expects."""
     shape = (
         1,
         pipe.unet.config.in_channels,
@@ -77,8 +76,16 @@ def initial_latents(
     )
 
 
-def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> torch.Tensor:
-    """Render one clip; returns frames (F, C, H, W) as floats in [0, 1]."""
+def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
+    """Render one clip with T2V VCD.
+
+    Args:
+        pipe: an `AnimateDiffPipeline` from `load_pipeline`, with the identities the prompt names.
+        settings: prompt (or prompt schedule), size, steps, sampler, gamma of the 3D prior, seed.
+
+    Returns:
+        frames of shape (F, 3, H, W), floats in [0, 1], with F = `settings.num_frames`.
+    """
     # 1. Check inputs
     check_generation_settings(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
@@ -110,7 +117,16 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> torch.T
 
 
 def render(model: ModelSettings, generation: GenerationSettings, output: Path) -> Path:
-    """Render a clip to `output` (.mp4, .gif or a PNG folder) with its JSON sidecar beside it."""
+    """Load the model, render a clip and write it with its JSON sidecar beside it.
+
+    Args:
+        model: the weights (base model, motion adapter, identities) and their device.
+        generation: what to render (see `generate`).
+        output: `.mp4`, `.gif`, or a folder for PNG frames.
+
+    Returns:
+        `output`.
+    """
     check_generation_settings(generation)  # fail before minutes of model loading
     started = time.perf_counter()
     pipe = load_pipeline(model)

@@ -46,9 +46,17 @@ def make_denoiser(
 ) -> Denoiser:
     """A denoiser sharing `pipe`'s weights, with the stage's prompt, strength and sampler.
 
-    By default it noises the clip with the noise it is given (SDEdit). With `source_prompt`
-    it instead inverts the clip with DDIM under that prompt to the strength's timestep and
-    regenerates from there, which keeps more of the original motion and layout (and needs no noise).
+    Args:
+        pipe: the T2V pipeline, identities installed; its weights are shared, not copied.
+        settings: the stage's prompt, strength, steps, guidance and sampler.
+        source_prompt: with it, DDIM inversion instead of SDEdit (below).
+
+    Returns:
+        `denoise(frames, noise)`: frames (F, 3, H, W) in [0, 1] (H, W multiples of 8) and noise
+        (1, C, F, H / s, W / s) in, frames of the same shape out. By default it noises the clip
+        with the noise it is given (SDEdit). With `source_prompt` it instead inverts the clip
+        with DDIM under that prompt to the strength's timestep and regenerates from there,
+        which keeps more of the original motion and layout (and uses no noise).
     """
     check_strength(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))

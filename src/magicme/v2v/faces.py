@@ -74,10 +74,21 @@ def refine_faces(
     feather: int = 5,
     largest_only: bool = False,
 ) -> Frames:
-    """Face VCD over a clip (F, 3, H, W); a clip with no face comes back unchanged, with a warning.
+    """Face VCD over a clip; a clip with no face comes back unchanged, with a warning.
 
-    Each face track's crop is denoised at `guide_size` and re-noised with the next draw of
-    the clip's `noise` at that size (its crop of the frame is seen at another scale).
+    Args:
+        frames: the clip, (F, 3, H, W) floats in [0, 1].
+        denoise: re-noises and denoises a crop (F, 3, guide_size, guide_size) with its noise.
+        noise: draws the clip's noise (`NoiseField.draw`); each face track's crop is re-noised
+            with the next draw at `guide_size` (its crop of the frame is seen at another scale).
+        detector: one RGB uint8 frame (H, W, 3) -> its face boxes (x, y, w, h).
+        crop_factor: the crop is this many face sizes wide.
+        guide_size: the side, in pixels, the crop is denoised at (a multiple of 8).
+        feather: blend width in pixels at the crop's edge.
+        largest_only: refine only the largest face.
+
+    Returns:
+        frames of the input's shape; nothing outside the face regions changes.
     """
     height, width = frames.shape[-2:]
     tracks = link_tracks([detector(frame) for frame in to_uint8(frames)])

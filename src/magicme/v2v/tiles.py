@@ -53,10 +53,18 @@ def tile_weights(
 
 
 def denoise_tiled(frames: Frames, denoise: Denoiser, noise: Latents, tile: int = 512, overlap: int = 64) -> Frames:
-    """Run `denoise` over overlapping video tiles (F, 3, tile + overlap, tile + overlap), blended seamlessly.
+    """Run `denoise` over overlapping video tiles, blended seamlessly.
 
-    `noise` (1, C, F, H / s, W / s) is the clip's one noise field; each tile is re-noised with the
-    crop of it under the tile, so overlapping tiles start from the same noise where they overlap.
+    Args:
+        frames: the clip, (F, 3, H, W) floats in [0, 1].
+        denoise: re-noises and denoises a tile (F, 3, tile + overlap, tile + overlap) with its noise.
+        noise: the clip's one noise field, (1, C, F, H / s, W / s); each tile is re-noised with the
+            crop of it under the tile, so overlapping tiles start from the same noise where they overlap.
+        tile: each tile's share of the frame in pixels; `tile + overlap` must be a multiple of s.
+        overlap: pixels each tile extends into its neighbours.
+
+    Returns:
+        frames of the input's shape.
     """
     scale = frames.shape[-1] // noise.shape[-1]
     result = torch.zeros_like(frames)  # (F, 3, H, W)
@@ -70,7 +78,17 @@ def denoise_tiled(frames: Frames, denoise: Denoiser, noise: Latents, tile: int =
 
 
 def tiled_vcd(frames: Frames, denoise: Denoiser, noise: NoiseSource, settings: UpscaleSettings) -> Frames:
-    """Tiled VCD on a clip (F, 3, H, W): upscale, denoise tile by tile with the clip's noise, sharpen."""
+    """Tiled VCD: upscale, denoise tile by tile with the clip's noise, sharpen.
+
+    Args:
+        frames: the clip, (F, 3, H, W) floats in [0, 1].
+        denoise: the stage's denoiser (`make_denoiser` with the upscale settings).
+        noise: draws the clip's noise field (`NoiseField.draw`), once, at the upscaled size.
+        settings: factor, upscaler, tile, overlap and sharpening.
+
+    Returns:
+        frames (F, 3, H', W'), H' and W' the upscaled sizes rounded to multiples of 8.
+    """
     upscaled = upscale_frames(frames, settings.factor, settings.upscaler_model)
     field = noise(*upscaled.shape[:1], *upscaled.shape[-2:])
     return sharpen(denoise_tiled(upscaled, denoise, field, settings.tile, settings.overlap), settings.sharpen)

@@ -45,8 +45,18 @@ def axis_ramps(starts: list[int], size: int) -> list[torch.Tensor]:
 
 
 def denoise_in_windows(frames: Frames, denoise: Denoiser, noise: Latents, window: int, overlap: int) -> Frames:
-    """Denoise a clip (F, 3, H, W) `window` frames at a time, overlaps blended; each window is
-    re-noised with its frames' part of the clip's noise (1, C, F, h, w)."""
+    """Denoise a long clip `window` frames at a time, overlaps blended.
+
+    Args:
+        frames: the clip, (F, 3, H, W) floats in [0, 1].
+        denoise: re-noises and denoises (window, 3, H, W) frames with their noise.
+        noise: the clip's noise field (1, C, F, H / s, W / s); each window gets its frames' part.
+        window: frames denoised together (the motion module's window).
+        overlap: frames shared by consecutive windows.
+
+    Returns:
+        frames of the input's shape.
+    """
     starts = window_starts(frames.shape[0], window, overlap)
     size = min(window, frames.shape[0])
     result, total = torch.zeros_like(frames), torch.zeros(frames.shape[0])
