@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from magicme.cli import main
-from magicme.io.video import read_video
+from magicme.io.video import read_video, save_video
 from magicme.world import scenes
 from magicme.world.demo import STAGES, DemoSettings, run_demo
 
@@ -111,3 +111,29 @@ def test_importing_magicme_prints_no_library_warnings() -> None:
     code = "import magicme.models.loading, magicme.eval.encoders, transformers; transformers.CLIPImageProcessor"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("clip.avi", "unknown video format '.avi'"),
+        ("a-file/clip.mp4", "is a file, not a folder"),
+        ("frames", "is a folder that is not empty"),
+    ],
+)
+@pytest.mark.parametrize("command", ["generate", "refine-face"])
+def test_output_paths_are_checked_before_any_model_loads(
+    tmp_path: Path, monkeypatch, capsys, command: str, output: str, message: str
+) -> None:
+    from magicme.models import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a: pytest.fail("a model was loaded"))
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "frame_0000.png").write_bytes(b"")
+    video = tmp_path / "in.gif"
+    save_video(torch.rand(2, 3, 16, 16), video)
+    source = [str(video)] if command == "refine-face" else []
+    argv = [command, *source, "--prompt", "a photo of a woman", "-o", str(tmp_path / output)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

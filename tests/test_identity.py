@@ -162,10 +162,28 @@ def test_wrong_width_names_both_widths(make_pipe, tmp_path: Path) -> None:
 
 
 def test_duplicate_names_are_refused(make_pipe, identity_file: Path) -> None:
-    with pytest.raises(IdentityError, match="two identities are named 'alice'"):
-        make_pipe([str(identity_file), str(identity_file)])
+    with pytest.raises(IdentityError, match="two identities are named <alice> \\(names ignore case\\)"):
+        make_pipe([str(identity_file), f"ALICE={identity_file}"])
 
 
 def test_unknown_placeholder_is_a_clear_error(tiny_pipe) -> None:
     with pytest.raises(IdentityError, match=r"unknown identity <bob>; loaded: <alice>"):
         generate(tiny_pipe, quick_settings(prompt="a photo of <bob> man"))
+
+
+def test_identity_names_work_in_any_case(tiny_pipe, make_pipe, identity_file: Path) -> None:
+    """CLIP lowercases prompts: `<ALICE>` must reach all K of alice's tokens, not 1 of them."""
+    from magicme.identity.files import lowercase_placeholders
+
+    ids = token_ids(tiny_pipe, lowercase_placeholders("a photo of <ALICE> woman"))
+    alice = tiny_pipe.tokenizer.convert_tokens_to_ids(load_identity(identity_file).tokens)
+    assert len(alice) == 4 and all(token in ids for token in alice)
+    assert torch.equal(
+        generate(tiny_pipe, quick_settings(prompt="a photo of <Alice> woman")),
+        generate(tiny_pipe, quick_settings(prompt="a photo of <alice> woman")),
+    )
+    capitalised = make_pipe([f"Alice={identity_file}"])
+    assert torch.equal(
+        generate(capitalised, quick_settings(prompt="a photo of <alice> woman")),
+        generate(tiny_pipe, quick_settings(prompt="a photo of <alice> woman")),
+    )

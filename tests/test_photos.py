@@ -77,3 +77,13 @@ def test_missing_folder_and_few_photos(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="magicme"):
         assert len(load_photos(tmp_path, SIZE)) == 1
     assert "only 1 usable photo(s); 3 to 20" in caplog.text
+
+
+def test_a_decompression_bomb_among_good_photos_is_skipped_with_a_message(tmp_path: Path, caplog) -> None:
+    for seed in range(3):
+        rgb(160, 160, seed).save(tmp_path / f"good{seed}.png")
+    Image.new("1", (15000, 15000)).save(tmp_path / "bomb.png")  # 225 M pixels in a few kB
+    with caplog.at_level(logging.WARNING, logger="magicme"):
+        photos = load_photos(tmp_path, SIZE)
+    assert sorted(photo.path.name for photo in photos) == ["good0.png", "good1.png", "good2.png"]
+    assert "bomb.png: too many pixels to decode safely" in caplog.text

@@ -262,3 +262,64 @@ def test_a_v_prediction_model_trains_on_velocity_and_others_are_refused(
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="sample")
     with pytest.raises(ValueError, match="predicts 'sample'; the ID module trains models that predict epsilon or v"):
         training.prepare_training_pipeline(pipe, settings, Accelerator(cpu=True))
+
+
+def interrupt_at_a_random_time(command: list[str], started: Path, seed: int) -> int:
+    """Run `command` in a process of its own and send it a real SIGINT at a random moment after
+    `started` appears (the training loop is about to begin); returns its exit code."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "magicme.cli", *command], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.5, 2.0))
+    process.send_signal(signal.SIGINT)
+    return process.wait(timeout=120)
+
+
+@pytest.mark.parametrize(("command", "seed"), [("train", 1), ("run", 2)])
+def test_a_real_ctrl_c_at_any_moment_then_resume_is_bit_identical(
+    settings: TrainingSettings, tmp_path: Path, command: str, seed: int
+) -> None:
+    import yaml
+
+    settings = dataclasses.replace(settings, steps=60, checkpoint_every=100)
+    straight = load_identity(train_identity(settings)).embeddings
+    folder = tmp_path / "interrupted"
+    if command == "train":
+        argv = [
+            "train",
+            settings.photos,
+            "--name",
+            "astro",
+            "--class-word",
+            "woman",
+            "--base-model",
+            settings.base_model,
+        ]
+        argv += ["--output-dir", str(folder), "--masks", "offline", "--resolution", "64", "--steps", "60"]
+        argv += ["--batch-size", "2", "--checkpoint-every", "100", "--validation-every", "0"]
+        run_dir = folder
+    else:
+        training = {name: value for name, value in dataclasses.asdict(settings).items() if name != "output_dir"}
+        config = tmp_path / "chain.yaml"
+        config.write_text(yaml.safe_dump({"output_dir": str(folder), "training": training, "input": "unused.mp4"}))
+        argv, run_dir = ["run", str(config)], folder / "training"
+    assert interrupt_at_a_random_time(argv, run_dir / "masks.png", seed) == 130
+    steps_done = load_identity(run_dir / "astro.safetensors").metadata["steps_trained"]
+    assert 0 < steps_done < 60, "the Ctrl-C landed in the training loop"
+    train_identity(dataclasses.replace(settings, output_dir=str(run_dir), resume=True))
+    assert torch.equal(load_identity(run_dir / "astro.safetensors").embeddings, straight)
+
+
+def test_resuming_with_other_settings_is_refused_but_more_steps_are_fine(settings: TrainingSettings) -> None:
+    train_identity(dataclasses.replace(settings, steps=2))
+    with pytest.raises(ValueError, match=r"was started with `learning_rate` 0\.001 \(now 0\.01\)"):
+        train_identity(dataclasses.replace(settings, learning_rate=0.01, resume=True))
+    identity = load_identity(train_identity(dataclasses.replace(settings, steps=3, resume=True)))
+    assert identity.metadata["steps_trained"] == 3

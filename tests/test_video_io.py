@@ -34,3 +34,25 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
 def test_frames_must_be_rgb_frames() -> None:
     with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
         save_video(torch.zeros(4, 1, 8, 8), Path("never.mp4"))
+
+
+def test_a_full_disk_is_an_error_and_keeps_the_previous_video(tmp_path: Path) -> None:
+    """ffmpeg hits the file-size limit (as on a full disk) mid-write: an error, the old video kept."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "clip.mp4"
+    save_video(torch.rand(2, 3, 32, 32), path)
+    before = path.read_bytes()
+    script = f"""
+import resource, signal, torch
+from magicme.io.video import save_video
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as ENOSPC would
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+save_video(torch.rand(16, 3, 256, 256, generator=torch.Generator().manual_seed(0)), {str(path)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "is the disk full?" in result.stderr and "nothing was replaced" in result.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"], "no partial file left behind"

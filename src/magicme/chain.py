@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,22 @@ def rename_old_sections(config: dict[str, Any], source: str) -> dict[str, Any]:
     return renamed
 
 
+def training_run(settings: TrainingSettings, output: Path) -> TrainingSettings:
+    """The training stage in `output`: a killed run with the same settings continues; one with other
+    settings is this stage's old output and is redone from the start."""
+    from magicme.identity.train import check_resumed_settings
+
+    run = dataclasses.replace(settings, output_dir=str(output), resume=True)
+    if (output / "checkpoints").is_dir():
+        try:
+            check_resumed_settings(run)
+            return run
+        except ValueError:
+            log.info("training: its settings changed since %s was started; training again", output)
+            shutil.rmtree(output)
+    return dataclasses.replace(run, resume=False)
+
+
 def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None, ModelSettings, dict[str, Any]]:
     config = rename_old_sections(config, source)
     unknown = sorted(set(config) - TOP_LEVEL)
@@ -116,8 +133,7 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
         else:
             log.info("%s: running", name)
             if name == "training":
-                resume = (output / "checkpoints").is_dir()  # a killed training run continues
-                train_identity(dataclasses.replace(settings, output_dir=str(output), resume=resume))
+                train_identity(training_run(settings, output))
             elif name == "generation":
                 render(model, settings, output)
             elif name == "edit":

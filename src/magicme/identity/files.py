@@ -43,7 +43,7 @@ class Identity:
 
     @property
     def placeholder(self) -> str:
-        return f"<{self.name}>"
+        return identity_tokens(self.name, 1)[0]
 
     @property
     def tokens(self) -> list[str]:
@@ -51,8 +51,19 @@ class Identity:
 
 
 def identity_tokens(name: str, count: int) -> list[str]:
-    """The K token strings diffusers registers for a multi-vector embedding: <alice>, <alice>_1, ..."""
+    """The K token strings diffusers registers for a multi-vector embedding: <alice>, <alice>_1, ...
+
+    Lower case whatever the name's case: CLIP's tokenizer lowercases every prompt, so `<Alice>`
+    in a prompt reaches the tokenizer as `<alice>` (and `lowercase_placeholders` makes the
+    prompt itself agree, for diffusers' expansion of `<alice>` into all K tokens).
+    """
+    name = name.lower()
     return [f"<{name}>"] + [f"<{name}>_{i}" for i in range(1, count)]
+
+
+def lowercase_placeholders(prompt: str) -> str:
+    """`<Alice>` -> `<alice>`: the form the identity's tokens are registered in."""
+    return PLACEHOLDER.sub(lambda match: match.group(0).lower(), prompt)
 
 
 def save_identity(identity: Identity, path: Path) -> Path:
@@ -174,10 +185,12 @@ def _as_matrix(embeddings: torch.Tensor, path: Path) -> torch.Tensor:
 def install_identities(pipe: Any, identities: list[Identity]) -> None:
     """Add each identity's K tokens to the pipeline's tokenizer and text encoder (and its LoRA, if any)."""
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    names = [identity.name for identity in identities]
+    placeholders = [identity.placeholder for identity in identities]
     for identity in identities:
-        if names.count(identity.name) > 1:
-            raise IdentityError(f"two identities are named {identity.name!r}; rename one with NAME=PATH")
+        if placeholders.count(identity.placeholder) > 1:
+            raise IdentityError(
+                f"two identities are named {identity.placeholder} (names ignore case); rename one as NAME=PATH"
+            )
         if identity.embeddings.shape[1] != width:
             raise IdentityError(
                 f"identity {identity.name!r} has embeddings of width {identity.embeddings.shape[1]}, but this "
@@ -197,7 +210,7 @@ def lora_adapter_name(identity: Identity) -> str:
 
 def check_placeholders(prompt: str, loaded: list[str]) -> None:
     """Every `<NAME>` in a prompt must name a loaded identity; anything else is a typo to report."""
-    unknown = sorted(set(PLACEHOLDER.findall(prompt)) - set(loaded))
+    unknown = sorted({name.lower() for name in PLACEHOLDER.findall(prompt)} - set(loaded))
     if unknown:
         have = ", ".join(f"<{name}>" for name in sorted(loaded)) or "none"
         raise IdentityError(

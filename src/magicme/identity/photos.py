@@ -82,6 +82,9 @@ def load_photos(source: Path | list[Path], size: int = 512) -> list[Photo]:
     for path in find_photo_files(source):
         try:
             image = open_photo(path, size)
+        except Image.DecompressionBombError:
+            problems.append(f"{path.name}: too many pixels to decode safely (a decompression bomb?)")
+            continue
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             problems.append(f"{path.name}: not a readable image ({error.__class__.__name__})")
             continue

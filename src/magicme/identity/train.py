@@ -9,6 +9,7 @@ normalised by its area (Magic-Me, section 3.1).
 """
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,7 @@ from magicme.identity.checkpoints import Checkpoint, load_latest_checkpoint, sav
 from magicme.identity.files import Identity, export_a1111, export_diffusers, identity_tokens, save_identity
 from magicme.identity.masks import contact_sheet, prepare_masks
 from magicme.identity.photos import Photo, load_photos
+from magicme.interrupts import stop_between_steps
 from magicme.io.files import atomic_path, write_json
 from magicme.models.loading import load_image_pipeline
 from magicme.settings import TrainingSettings
@@ -40,6 +42,9 @@ LORA_PREFIX = "lora."
 GENERIC_INIT_WORDS = ("face", "person", "photo")
 ROWS = "identity_rows"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Settings a resumed run may change: they decide how long it trains and what it writes, not what it learns.
+FREE_ON_RESUME = {"resume", "steps", "output_dir", "checkpoint_every", "validation_every", "validation_prompts"}
+FREE_ON_RESUME |= {"validation_motion_adapter"}
 
 
 class IdentityRows(nn.Module):
@@ -152,6 +157,24 @@ def check_training_settings(settings: TrainingSettings) -> None:
         raise ValueError(
             f"{run_folder(settings)} already holds a training run; set `resume` to continue it "
             "or another `output_dir` to start a new one"
+        )
+    if has_checkpoints:
+        check_resumed_settings(settings)
+
+
+def check_resumed_settings(settings: TrainingSettings) -> None:
+    """A resumed run continues with the settings it started with: refuse a change that would make
+    the identity something neither run describes (more `steps` is fine: it trains longer)."""
+    recorded = json.loads((run_folder(settings) / "run.json").read_text())["training"]
+    current = dataclasses.asdict(settings)
+    changed = sorted(
+        name for name in current.keys() - FREE_ON_RESUME if name in recorded and recorded[name] != current[name]
+    )
+    if changed:
+        was = ", ".join(f"`{name}` {recorded[name]!r} (now {current[name]!r})" for name in changed)
+        raise ValueError(
+            f"{run_folder(settings)} was started with {was}; resume it with the same settings, "
+            "or start a new run in another `output_dir`"
         )
 
 
@@ -272,10 +295,11 @@ class IdentityTrainer:
         self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, torch.optim.AdamW(groups))
         self.unet = accelerator.prepare(self.pipe.unet) if settings.lora_rank else self.pipe.unet
         self.generator = torch.Generator().manual_seed(settings.seed + accelerator.process_index)
-        self.step_count = 0
+        self.step_count, self.mid_step = 0, False
 
     def step(self) -> float:
-        """One optimisation step; returns its loss."""
+        """One optimisation step; returns its loss. `mid_step` is True while it runs."""
+        self.mid_step = True
         batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
         with self.accelerator.autocast():
             loss = training_loss(self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator)
@@ -284,6 +308,7 @@ class IdentityTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step_count += 1
+        self.mid_step = False
         return loss.item()
 
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -369,22 +394,28 @@ def train_identity(settings: TrainingSettings) -> Path:
             save_checkpoint(run_dir, trainer.state())
             trainer.save(run_dir)
 
-    # 4. The training loop: Ctrl-C saves a checkpoint that --resume continues from
+    # 4. The training loop: Ctrl-C finishes the step, then saves a checkpoint that resuming continues from
     main = accelerator.is_main_process
     progress = tqdm(total=settings.steps, initial=trainer.step_count, desc="learning identity", disable=not main)
     try:
-        while trainer.step_count < settings.steps:
-            loss = trainer.step()
-            progress.update()
-            progress.set_postfix(loss=f"{loss:.4f}")
-            step = trainer.step_count
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save()
-            if settings.validation_every and step % settings.validation_every == 0 and main:
-                render_previews(trainer.pipe, settings, step, run_dir)
+        with stop_between_steps() as stop_requested:
+            while trainer.step_count < settings.steps:
+                loss = trainer.step()
+                progress.update()
+                progress.set_postfix(loss=f"{loss:.4f}")
+                step = trainer.step_count
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    save()
+                if settings.validation_every and step % settings.validation_every == 0 and main:
+                    render_previews(trainer.pipe, settings, step, run_dir)
+                if stop_requested():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        save()
-        log.warning("interrupted at step %d; checkpoint saved: resuming continues from it", trainer.step_count)
+        if trainer.mid_step:  # stopped at once: the state is half a step, so the last whole checkpoint stays
+            log.warning("interrupted during step %d; the last checkpoint is kept", trainer.step_count + 1)
+        else:
+            save()
+            log.warning("interrupted after step %d; checkpoint saved: resuming continues from it", trainer.step_count)
         raise
     finally:
         progress.close()

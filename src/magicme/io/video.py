@@ -4,6 +4,7 @@ One frame layout crosses module boundaries: float tensors (F, C, H, W) in [0, 1]
 mp4 goes through imageio-ffmpeg, whose wheel ships its own ffmpeg binary.
 """
 
+import os
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -50,6 +51,24 @@ def resize_frames(frames: Frames, size: tuple[int, int]) -> Frames:
     return torch.nn.functional.interpolate(frames, size=size, mode="bicubic", antialias=True).clamp(0, 1)
 
 
+VIDEO_SUFFIXES = (".mp4", ".gif", "")  # "": a folder of PNG frames
+
+
+def check_video_path(path: Path) -> None:
+    """Refuse an output that could not be written, before any work is done: an unknown format, a folder
+    on the way that is a file or not writable, a video name that is a folder, a frame folder in use."""
+    path = Path(path)
+    if path.suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"unknown video format {path.suffix!r} in {path}: use .mp4, .gif, or a folder name for PNGs")
+    existing = next(folder for folder in [path.parent, *path.parent.parents] if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"cannot write {path}: {existing} is not writable")
+    if path.is_dir() and (path.suffix or any(path.iterdir())):
+        raise ValueError(f"{path} is a folder that is not empty; give a new name (a PNG folder must be new or empty)")
+
+
 def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
     """Write frames atomically; the suffix picks the format (.mp4, .gif, or none for PNGs)."""
     path = Path(path)
@@ -57,6 +76,7 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
     with atomic_path(path) as partial:
         if path.suffix == ".mp4":
             _write_mp4(pixels, partial, fps)
+            _check_mp4(Path(partial), len(pixels), path)
         elif path.suffix == ".gif":
             images = [Image.fromarray(frame) for frame in pixels]
             images[0].save(partial, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
@@ -85,6 +105,20 @@ def _write_mp4(pixels: np.ndarray, path: str, fps: int) -> None:
     for frame in pixels:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
+
+
+def _check_mp4(written: Path, frames: int, path: Path) -> None:
+    """ffmpeg can fail on close (a full disk) without imageio-ffmpeg raising: count what was written
+    before it replaces anything at `path`."""
+    try:
+        count, _ = imageio_ffmpeg.count_frames_and_secs(str(written))
+    except (OSError, RuntimeError):
+        count = 0
+    if count != frames:
+        raise OSError(
+            f"writing {path} failed: the video holds {count} of {frames} frames (is the disk full?); "
+            "nothing was replaced"
+        )
 
 
 def read_video(path: Path) -> torch.Tensor:

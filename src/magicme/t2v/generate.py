@@ -12,8 +12,9 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from magicme.errors import SettingError
-from magicme.identity.files import PLACEHOLDER, check_placeholders
+from magicme.identity.files import PLACEHOLDER, check_placeholders, lowercase_placeholders
 from magicme.io.sidecar import save_with_sidecar
+from magicme.io.video import check_video_path
 from magicme.models.loading import load_pipeline
 from magicme.models.schedulers import make_scheduler
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
@@ -89,7 +90,8 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
     # 1. Check inputs
     check_generation_settings(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
-    schedule = parse_prompt_schedule(settings.prompt, settings.num_frames)
+    prompt = lowercase_placeholders(settings.prompt)
+    schedule = parse_prompt_schedule(prompt, settings.num_frames)
 
     # 2. Configure the sampler and optional features
     configure_pipeline(pipe, settings, travel=schedule is not None)
@@ -100,7 +102,7 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
 
     # 4. Denoise with the stock AnimateDiff pipeline
     output = pipe(
-        prompt=schedule or settings.prompt,
+        prompt=schedule or prompt,
         negative_prompt=settings.negative_prompt or None,
         num_frames=settings.num_frames,
         height=settings.height,
@@ -128,6 +130,7 @@ def render(model: ModelSettings, generation: GenerationSettings, output: Path) -
         `output`.
     """
     check_generation_settings(generation)  # fail before minutes of model loading
+    check_video_path(output)
     started = time.perf_counter()
     pipe = load_pipeline(model)
     frames = generate(pipe, generation)

@@ -16,7 +16,7 @@ import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, DDIMInverseScheduler, DDIMScheduler
 
 from magicme.errors import SettingError
-from magicme.identity.files import check_placeholders
+from magicme.identity.files import check_placeholders, lowercase_placeholders
 from magicme.models.schedulers import make_scheduler
 from magicme.settings import VideoToVideoSettings
 from magicme.t2v.generate import loaded_identity_names
@@ -77,7 +77,7 @@ def make_denoiser(
             latents = invert_clip(video_pipe, frames, source_prompt, settings)
         output = video_pipe(
             latents=latents,
-            prompt=settings.prompt,
+            prompt=lowercase_placeholders(settings.prompt),
             negative_prompt=settings.negative_prompt or None,
             height=height,
             width=width,

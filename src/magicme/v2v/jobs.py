@@ -12,13 +12,13 @@ from diffusers import AnimateDiffPipeline
 
 from magicme.errors import SettingError
 from magicme.io.sidecar import save_with_sidecar
-from magicme.io.video import fit_to_multiple_of_8, read_video
+from magicme.io.video import check_video_path, fit_to_multiple_of_8, read_video
 from magicme.models.loading import load_pipeline
 from magicme.registry import face_detector
 from magicme.settings import EditSettings, FaceSettings, ModelSettings, UpscaleSettings, VideoToVideoSettings
 from magicme.t2v.noise_prior import NoiseField
 from magicme.types import Denoiser
-from magicme.v2v.denoiser import make_denoiser, noise_field_for
+from magicme.v2v.denoiser import check_strength, make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
 from magicme.v2v.tiles import tiled_vcd
 from magicme.v2v.windows import denoise_in_windows
@@ -31,12 +31,14 @@ def load_denoiser(
     and the noise field the stage draws from."""
     if not settings.prompt.strip():
         raise SettingError("prompt", "a prompt is needed, e.g. 'a photo of <alice> woman'")
+    check_strength(settings)
     pipe: AnimateDiffPipeline = load_pipeline(model)
     return make_denoiser(pipe, settings, source_prompt), noise_field_for(pipe, settings)
 
 
 def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path, output: Path) -> Path:
     """Face VCD on the video at `source`, written to `output` with its sidecar."""
+    check_video_path(output)
     started, frames = time.perf_counter(), read_video(source)
     denoise, noise = load_denoiser(model, settings)
     detector = face_detector(settings.detector)
@@ -56,6 +58,7 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
 
 def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path, output: Path) -> Path:
     """Tiled VCD on the video at `source`, written to `output` with its sidecar."""
+    check_video_path(output)
     started, frames = time.perf_counter(), read_video(source)
     denoise, noise = load_denoiser(model, settings)
     refined = tiled_vcd(frames, denoise, noise.draw, settings)
@@ -65,6 +68,7 @@ def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path,
 
 def edit_video(model: ModelSettings, settings: EditSettings, source: Path, output: Path) -> Path:
     """Identity editing of the video at `source` (SDEdit or DDIM inversion), written to `output`."""
+    check_video_path(output)
     started = time.perf_counter()
     frames = fit_to_multiple_of_8(read_video(source), settings.max_side)
     inversion = settings.method == "ddim-inversion"
