@@ -109,6 +109,14 @@ def test_checkpoints_of_another_family_are_refused(tmp_path: Path, key: str, mes
         check_sd15_checkpoint(path)
 
 
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(64)}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        check_sd15_checkpoint(path)
+
+
 @pytest.fixture(scope="module")
 def motion_lora(tiny_model, tmp_path_factory) -> Path:
     """A random LoRA on the motion modules' attention, saved in diffusers' LoRA format."""

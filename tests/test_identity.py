@@ -187,3 +187,11 @@ def test_identity_names_work_in_any_case(tiny_pipe, make_pipe, identity_file: Pa
         generate(capitalised, quick_settings(prompt="a photo of <alice> woman")),
         generate(tiny_pipe, quick_settings(prompt="a photo of <alice> woman")),
     )
+
+
+def test_a_truncated_identity_file_is_a_clear_error(tmp_path: Path) -> None:
+    whole = save_identity(Identity("bob", torch.randn(4, 768)), tmp_path / "bob.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(IdentityError, match="not a readable"):
+        load_identity(cut)

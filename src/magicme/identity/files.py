@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from magicme.io.files import atomic_path, load_plain_torch_file
@@ -134,8 +134,11 @@ def is_safetensors(path: Path) -> bool:
 def read_identity_file(path: Path) -> tuple[Any, dict[str, str]]:
     """The file's content (a mapping, or a bare tensor) and its safetensors metadata (none for a pickle)."""
     if is_safetensors(path):
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
+        except (SafetensorError, OSError) as error:
+            raise IdentityError(f"{path} is not a readable safetensors file (truncated?): {error}") from None
     try:
         return load_plain_torch_file(path), {}
     except ValueError as error:

@@ -15,7 +15,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 from diffusers.loaders.single_file_utils import load_single_file_checkpoint
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from magicme.identity.files import install_identities, load_identity, lora_adapter_name
 from magicme.settings import DTYPES, ModelSettings
@@ -70,8 +70,11 @@ def check_sd15_checkpoint(path: Path) -> None:
     """Refuse checkpoints of another family before diffusers fails deep inside conversion."""
     if path.suffix != ".safetensors":
         return  # pickled checkpoints are only readable by loading them; diffusers does so safely
-    with safe_open(str(path), framework="pt") as handle:
-        keys = list(handle.keys())
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     for prefix, family in OTHER_FAMILIES.items():
         if any(key.startswith(prefix) for key in keys):
             raise ModelLoadError(f"{path} is an {family} checkpoint; magicme needs an SD-1.5-family checkpoint")
