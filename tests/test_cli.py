@@ -137,3 +137,26 @@ def test_output_paths_are_checked_before_any_model_loads(
     argv = [command, *source, "--prompt", "a photo of a woman", "-o", str(tmp_path / output)]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"num_frames": "16"}, "`num_frames` must be a whole number, got '16' (text)"),
+        ({"freeu": 1}, "`freeu` must be true or false, got 1"),
+        ({"prompt": None}, "`prompt` must be text, got None"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_clear_errors(tmp_path: Path, capsys, section: dict, message: str) -> None:
+    config = tmp_path / "clip.yaml"
+    config.write_text(json.dumps({"generation": {"prompt": "a cat"} | section}))
+    assert main(["generate", "--config", str(config)]) == 2
+    assert (
+        message.replace("`num_frames`", "--num-frames").replace("`freeu`", "--freeu").replace("`prompt`", "--prompt")
+        in capsys.readouterr().err
+    )
+
+
+def test_python_dash_m_and_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "magicme", "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("magicme 0.")

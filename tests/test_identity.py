@@ -195,3 +195,15 @@ def test_a_truncated_identity_file_is_a_clear_error(tmp_path: Path) -> None:
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(IdentityError, match="not a readable"):
         load_identity(cut)
+
+
+def test_the_a1111_export_is_legacy_torch_serialisation_without_temporary_names(tmp_path: Path) -> None:
+    """A stock A1111 refuses the zip entries current torch writes (A1111 issues 14261, 15214, 15505)."""
+    from magicme.identity.files import export_a1111
+
+    path = export_a1111(Identity("bob", torch.randn(4, 768)), tmp_path / "bob.pt")
+    content = path.read_bytes()
+    assert not content.startswith(b"PK"), "a zip archive"
+    assert b"partial" not in content
+    state = torch.load(path, weights_only=True)
+    assert set(state) == {"string_to_param", "name", "step"} and state["string_to_param"]["*"].shape == (4, 768)

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import typing
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="magicme", description="Identity-specific video generation (Video Custom Diffusion, Magic-Me)."
     )
+    parser.add_argument("--version", action="version", version=f"magicme {version('magicme')}")
     commands = parser.add_subparsers(dest="command", required=True)
     for command, (summary, description, epilog) in COMMANDS.items():
         sub = commands.add_parser(

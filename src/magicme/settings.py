@@ -4,8 +4,9 @@ Each field carries its help text in `metadata["help"]`; the CLI builds its optio
 these dataclasses, and every output's JSON sidecar is `dataclasses.asdict` of them.
 """
 
-import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,12 +90,39 @@ T = TypeVar("T")
 
 
 def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
-    """Build a settings dataclass, refusing unknown keys so typos cannot pass silently."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    """Build a settings dataclass, refusing unknown keys and values of the wrong type (a config
+    file's `num_frames: "16"`), so mistakes cannot pass silently or fail deep inside a job."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(hints)}")
+    for name, value in values.items():
+        if not _has_type(value, hints[name]):
+            kind = hints[name]
+            options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+            expected = " or ".join(map(_type_name, options))
+            raise ValueError(f"{source}: `{name}` must be {expected}, got {value!r} ({_type_name(type(value))})")
     return cls(**values)
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """`value` fits the field type `kind` (int for float fields too; never bool for numbers)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_has_type(item, typing.get_args(kind)[0]) for item in value)
+    if kind is type(None):
+        return value is None
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _type_name(kind: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", type(None): "none"}
+    return names.get(
+        kind, "a list of text" if typing.get_origin(kind) is list else getattr(kind, "__name__", str(kind))
+    )
 
 
 def settings_from_record(record: dict[str, Any], sections: dict[str, type], source: str) -> dict[str, Any]:

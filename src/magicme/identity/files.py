@@ -82,14 +82,18 @@ def save_identity(identity: Identity, path: Path) -> Path:
 
 
 def export_a1111(identity: Identity, path: Path) -> Path:
-    """The A1111/ComfyUI layout (plain tensors, strings and ints: loads with weights_only=True)."""
+    """The A1111/ComfyUI layout (plain tensors, strings and ints: loads with weights_only=True).
+
+    Written in torch's legacy (non-zip) serialisation: a stock A1111 rejects the zip entries
+    current torch writes, and the zip's folder would be named after the temporary file.
+    """
     state = {
         "string_to_param": {"*": identity.embeddings.detach().float().cpu().contiguous()},
         "name": identity.name,
         "step": int(identity.metadata.get("steps_trained", 0)),
     }
     with atomic_path(path) as partial:
-        torch.save(state, partial)
+        torch.save(state, partial, _use_new_zipfile_serialization=False)
     return path
 
 

@@ -113,12 +113,12 @@ def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionP
 
 def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     """Build the T2V pipeline: base SD-1.5 weights, a motion adapter, and the identities to use."""
+    identities = [load_identity(spec) for spec in settings.identities]  # a bad file fails in a second, not a minute
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     image_pipe = load_image_pipeline(settings.base_model, dtype)
     adapter = load_motion_adapter(settings.motion_adapter, dtype)
     pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
-    identities = [load_identity(spec) for spec in settings.identities]
     install_identities(pipe, identities)
     adapters = {lora_adapter_name(identity): 1.0 for identity in identities if identity.lora}
     if settings.motion_lora:
