@@ -160,3 +160,27 @@ def test_config_values_of_the_wrong_type_are_clear_errors(tmp_path: Path, capsys
 def test_python_dash_m_and_version() -> None:
     result = subprocess.run([sys.executable, "-m", "magicme", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("magicme 0.")
+
+
+def test_seed_minus_one_is_random_printed_and_recorded(tiny_model, tmp_path: Path, capsys) -> None:
+    base, motion = tiny_model
+    model_args = ["--base-model", str(base), "--motion-adapter", str(motion)]
+    seeds = []
+    for name in ("a", "b"):
+        argv = [
+            "generate",
+            *model_args,
+            "--prompt",
+            "a red car",
+            *QUICK,
+            "--seed",
+            "-1",
+            "-o",
+            str(tmp_path / f"{name}.gif"),
+        ]
+        assert main(argv) == 0
+        printed = int(capsys.readouterr().out.split("seed: ")[1].split()[0])
+        recorded = json.loads((tmp_path / f"{name}.json").read_text())["generation"]["seed"]
+        assert printed == recorded >= 0
+        seeds.append(recorded)
+    assert seeds[0] != seeds[1]

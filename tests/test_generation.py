@@ -215,3 +215,14 @@ def test_compile_flag_compiles_the_unet(tiny_model) -> None:
     base, motion = tiny_model
     pipe = load_pipeline(ModelSettings(str(base), str(motion), compile_unet=True))
     assert hasattr(pipe.unet, "_orig_mod"), "the UNet is wrapped by torch.compile (compiling happens on first call)"
+
+
+def test_an_uncached_hub_model_while_offline_says_how_to_fix_it(monkeypatch, capsys) -> None:
+    from magicme.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["generate", "--base-model", "nobody/no-such-model", "--prompt", "a cat", "-o", "never.mp4"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "base model nobody/no-such-model could not be loaded and is not in the local cache" in error
+    assert "huggingface-cli download nobody/no-such-model" in error

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import logging
 import re
+import secrets
 import sys
 import typing
 from importlib.metadata import version
@@ -35,6 +36,7 @@ COMMAND_SECTIONS: dict[str, dict[str, type]] = {
 SETTINGS_CLASSES = {cls for sections in COMMAND_SECTIONS.values() for cls in sections.values()}
 VIDEO_COMMANDS = {"refine-face": "face", "upscale": "upscaled", "edit": "edited"}  # command -> output suffix
 POSITIONAL = {"photos"}
+RANDOM_SEED = -1
 GENERATE_EXAMPLES = """\
 examples:
   # a learned identity on real weights (fp16 on a GPU)
@@ -224,8 +226,14 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def collect_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the config file, then the options given on the command line."""
-    return settings_from_record(given_settings(args), COMMAND_SECTIONS[args.command], str(args.config or "options"))
+    """Defaults, then the config file, then the options given on the command line; `--seed -1` is a
+    random seed, printed here and recorded in the sidecar like any other."""
+    sections = settings_from_record(given_settings(args), COMMAND_SECTIONS[args.command], str(args.config or "options"))
+    for name, settings in sections.items():
+        if getattr(settings, "seed", None) == RANDOM_SEED:
+            sections[name] = dataclasses.replace(settings, seed=secrets.randbelow(2**31))
+            print(f"seed: {sections[name].seed} (random)")
+    return sections
 
 
 def default_output(generation: GenerationSettings) -> Path:

@@ -73,7 +73,7 @@ class GenerationSettings:
         "3D noise prior correlation in [0, 1): 0 is i.i.d. noise; 0.1 is the paper's best; 0.2 freezes motion",
         default=0.1,
     )
-    seed: int = _help("random seed; the same seed and settings give the same video", default=0)
+    seed: int = _help("random seed; the same seed and settings give the same video (-1: a random one)", default=0)
     scheduler: str = _help("sampler", choices=SCHEDULERS, default="ddim")
     freeu: bool = _help("FreeU with the reference values b1 1.1, b2 1.2, s1 0.9, s2 0.4", default=False)
     free_init: bool = _help("diffusers' FreeInit (costs one full sampling pass per iteration)", default=False)
@@ -179,7 +179,9 @@ class TrainingSettings:
     learning_rate: float = _help("AdamW learning rate", default=1e-3)
     noise_offset: float = _help("noise offset (helps very dark or bright photos)", default=0.1)
     max_grad_norm: float = _help("gradient clipping", default=1.0)
-    seed: int = _help("random seed: the same seed, photos and settings give the same identity", default=0)
+    seed: int = _help(
+        "random seed: the same seed, photos and settings give the same identity (-1: a random one)", default=0
+    )
     mixed_precision: str = _help("auto is fp16 on CUDA, none elsewhere", choices=PRECISIONS, default="auto")
     gradient_checkpointing: bool = _help("trade compute for memory in the UNet", default=False)
     checkpoint_every: int = _help("save a resumable checkpoint every N steps", default=100)
@@ -213,7 +215,10 @@ class VideoToVideoSettings:
     gamma: float = _help(
         "3D noise prior correlation of the re-noising, in [0, 1), as in T2V (0: independent frames)", default=0.1
     )
-    seed: int = _help("random seed: draws the clip's one noise field, shared by every tile, face and window", default=0)
+    seed: int = _help(
+        "random seed: draws the clip's one noise field, shared by every tile, face and window (-1: a random one)",
+        default=0,
+    )
     fps: int = _help("frames per second of the written video", default=8)
 
 

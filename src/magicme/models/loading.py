@@ -5,6 +5,9 @@ Single-file checkpoints (community fine-tunes such as Realistic Vision, or the o
 fetched from a hub when every weight is local.
 """
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -66,6 +69,24 @@ def _check_exists(source: str, what: str) -> None:
         raise ModelLoadError(f"{what} {source} does not exist; give a hub id, a local diffusers folder or a file")
 
 
+@contextmanager
+def _hub_errors(source: str, what: str) -> Iterator[None]:
+    """A hub id that cannot be fetched is the user's to fix: say how, not with a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if Path(source).expanduser().is_dir():
+            raise ModelLoadError(f"{what} folder {source} is not a diffusers model folder: {error}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        fix = (
+            "the hub is off (HF_HUB_OFFLINE is set): fetch it once with network access "
+            f"(`huggingface-cli download {source}`), or give a local folder or file"
+            if offline
+            else "check the id, your network, and that you may read it (`huggingface-cli login`)"
+        )
+        raise ModelLoadError(f"{what} {source} could not be loaded and is not in the local cache; {fix}") from None
+
+
 def check_sd15_checkpoint(path: Path) -> None:
     """Refuse checkpoints of another family before diffusers fails deep inside conversion."""
     if path.suffix != ".safetensors":
@@ -89,7 +110,8 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
     """Folders and hub ids carry their config; original files get v1's or v2's by their keys."""
     _check_exists(source, "motion adapter")
     if not _is_single_file(source):
-        return MotionAdapter.from_pretrained(source, dtype=dtype)
+        with _hub_errors(source, "motion adapter"):
+            return MotionAdapter.from_pretrained(source, dtype=dtype)
     checkpoint = load_single_file_checkpoint(source)  # safetensors, or torch.load(weights_only=True)
     if not any(".motion_modules." in key for key in checkpoint):
         raise ModelLoadError(f"{source} holds no AnimateDiff motion modules; is it a base model or a LoRA?")
@@ -102,9 +124,10 @@ def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionP
     """The SD-1.5 image model (text encoder, UNet, VAE) from a hub id, a folder or a single file."""
     _check_exists(base_model, "base model")
     if not _is_single_file(base_model):
-        return StableDiffusionPipeline.from_pretrained(
-            base_model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        with _hub_errors(base_model, "base model"):
+            return StableDiffusionPipeline.from_pretrained(
+                base_model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
     check_sd15_checkpoint(Path(base_model))
     return StableDiffusionPipeline.from_single_file(
         base_model, config=str(CONFIGS / "sd15"), dtype=dtype, safety_checker=None, requires_safety_checker=False
