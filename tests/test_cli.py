@@ -39,6 +39,23 @@ def test_generate_writes_mp4_and_sidecar_that_reproduces_it(tmp_path: Path, mode
     assert torch.equal(read_video(again), frames)
 
 
+def test_the_mp4_is_web_ready_and_carries_its_settings(tmp_path: Path, model_args: list[str]) -> None:
+    from magicme.settings import read_config_file
+
+    output = tmp_path / "alice.mp4"
+    argv = ["generate", *model_args, "--prompt", "a photo of <alice> woman", "--seed", "5", *QUICK]
+    assert main([*argv, "-o", str(output)]) == 0
+    content = output.read_bytes()
+    assert content.index(b"moov") < content.index(b"mdat"), "faststart: the index comes first"
+    assert read_config_file(output) == json.loads((tmp_path / "alice.json").read_text())
+    (tmp_path / "alice.json").unlink()  # the sidecar is lost; the video alone reproduces itself
+    assert main(["generate", "--config", str(output), "-o", str(tmp_path / "again.webm")]) == 0
+    webm = read_video(tmp_path / "again.webm")
+    assert webm.shape == (8, 3, 64, 48)
+    assert (webm - read_video(output)).abs().mean() < 0.05, "the same clip, through another lossy codec"
+    assert read_config_file(tmp_path / "again.webm")["generation"]["seed"] == 5
+
+
 def test_options_override_the_config_file(tmp_path: Path, model_args: list[str]) -> None:
     config = tmp_path / "settings.yaml"
     config.write_text("generation:\n  prompt: a red car\n  num_frames: 8\n  height: 64\n  width: 64\n")

@@ -56,3 +56,13 @@ save_video(torch.rand(16, 3, 256, 256, generator=torch.Generator().manual_seed(0
     assert "is the disk full?" in result.stderr and "nothing was replaced" in result.stderr
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"], "no partial file left behind"
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    from magicme.io import video
+
+    monkeypatch.setattr(video.os, "access", lambda path, mode: Path(path) != tmp_path / "locked")
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(ValueError, match="locked is not writable"):
+        video.check_video_path(tmp_path / "locked" / "new" / "clip.mp4")
+    video.check_video_path(tmp_path / "open" / "clip.mp4")  # a folder still to be made is fine

@@ -137,10 +137,18 @@ def settings_from_record(record: dict[str, Any], sections: dict[str, type], sour
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a JSON or YAML settings file (a sidecar written by magicme is one)."""
+    """Read a JSON or YAML settings file (a sidecar written by magicme is one), or the settings an mp4 or
+    webm that magicme wrote carries in its metadata."""
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".mp4", ".webm"):
+        from magicme.io.video import read_comment
+
+        text = read_comment(path) or ""
+        if not text.startswith("{"):
+            raise ValueError(f"{path} carries no magicme settings (was it written by magicme?)")
+    else:
+        text = path.read_text(encoding="utf-8")
     data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")

@@ -1,6 +1,7 @@
 """Every output's JSON sidecar: its settings sections and what happened, enough to reproduce it (`--config`)."""
 
 import dataclasses
+import json
 import platform
 import time
 from importlib.metadata import version
@@ -20,8 +21,8 @@ def sidecar_path(video: Path) -> Path:
 def save_with_sidecar(
     frames: Frames, output: Path, fps: int, settings: dict[str, Any], started: float, **record: Any
 ) -> Path:
-    """Write the video, then `<name>.json` with each settings section and what happened."""
-    save_video(frames, output, fps=fps)
+    """Write the video, and `<name>.json` with each settings section and what happened; an mp4 or webm
+    also carries that JSON in its metadata, so `--config clip.mp4` works when the sidecar is lost."""
     sections = {name: dataclasses.asdict(value) for name, value in settings.items()}
     sections["record"] = {
         "video": str(output),
@@ -32,5 +33,6 @@ def save_with_sidecar(
         "versions": {name: version(name) for name in ("magicme", "torch", "diffusers", "transformers")},
         **record,
     }
+    save_video(frames, output, fps=fps, comment=json.dumps(sections, default=str))
     write_json(sections, sidecar_path(output))
     return output

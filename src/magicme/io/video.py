@@ -1,10 +1,12 @@
-"""Reading and writing videos as mp4 (H.264), gif, or a folder of PNG frames.
+"""Reading and writing videos as mp4 (H.264, web-ready), webm (VP9), gif, or a folder of PNG frames.
 
 One frame layout crosses module boundaries: float tensors (F, C, H, W) in [0, 1].
 mp4 goes through imageio-ffmpeg, whose wheel ships its own ffmpeg binary.
 """
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -51,7 +53,7 @@ def resize_frames(frames: Frames, size: tuple[int, int]) -> Frames:
     return torch.nn.functional.interpolate(frames, size=size, mode="bicubic", antialias=True).clamp(0, 1)
 
 
-VIDEO_SUFFIXES = (".mp4", ".gif", "")  # "": a folder of PNG frames
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", "")  # "": a folder of PNG frames
 
 
 def check_video_path(path: Path) -> None:
@@ -59,7 +61,7 @@ def check_video_path(path: Path) -> None:
     on the way that is a file or not writable, a video name that is a folder, a frame folder in use."""
     path = Path(path)
     if path.suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"unknown video format {path.suffix!r} in {path}: use .mp4, .gif, or a folder name for PNGs")
+        raise ValueError(f"unknown video format {path.suffix!r} in {path}: use .mp4, .webm, .gif, or a folder for PNGs")
     existing = next(folder for folder in [path.parent, *path.parent.parents] if folder.exists())
     if not existing.is_dir():
         raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
@@ -69,14 +71,15 @@ def check_video_path(path: Path) -> None:
         raise ValueError(f"{path} is a folder that is not empty; give a new name (a PNG folder must be new or empty)")
 
 
-def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
-    """Write frames atomically; the suffix picks the format (.mp4, .gif, or none for PNGs)."""
+def save_video(frames: Frames, path: Path, fps: int = 8, comment: str | None = None) -> Path:
+    """Write frames (F, 3, H, W) atomically; the suffix picks the format (.mp4, .webm, .gif, or none
+    for PNGs). `comment` (magicme's settings, as JSON) goes into an mp4's or webm's metadata."""
     path = Path(path)
     pixels = to_uint8(frames)
     with atomic_path(path) as partial:
-        if path.suffix == ".mp4":
-            _write_mp4(pixels, partial, fps)
-            _check_mp4(Path(partial), len(pixels), path)
+        if path.suffix in ENCODINGS:
+            _write_encoded(pixels, partial, path.suffix, fps, comment)
+            _check_written(Path(partial), len(pixels), path)
         elif path.suffix == ".gif":
             images = [Image.fromarray(frame) for frame in pixels]
             images[0].save(partial, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
@@ -85,21 +88,29 @@ def save_video(frames: torch.Tensor, path: Path, fps: int = 8) -> Path:
             for index, frame in enumerate(pixels):
                 Image.fromarray(frame).save(Path(partial) / f"frame_{index:04d}.png")
         else:
-            raise ValueError(f"unknown video format {path.suffix!r}: use .mp4, .gif, or a folder name for PNG frames")
+            raise ValueError(f"unknown video format {path.suffix!r}: use .mp4, .webm, .gif, or a folder name for PNGs")
     return path
 
 
-def _write_mp4(pixels: np.ndarray, path: str, fps: int) -> None:
+ENCODINGS = {  # suffix -> codec and its settings
+    ".mp4": ("libx264", ["-crf", "17", "-movflags", "+faststart"]),  # visually lossless; playable while loading
+    ".webm": ("libvpx-vp9", ["-crf", "24", "-b:v", "0"]),
+}
+
+
+def _write_encoded(pixels: np.ndarray, path: str, suffix: str, fps: int, comment: str | None) -> None:
+    """Encode with the ffmpeg that ships in imageio-ffmpeg; `comment` is stored in the file's metadata."""
     height, width = pixels.shape[1:3]
+    codec, settings = ENCODINGS[suffix]
     writer = imageio_ffmpeg.write_frames(
         path,
         (width, height),
         fps=fps,
-        codec="libx264",
+        codec=codec,
         quality=None,
         macro_block_size=2,  # yuv420p needs even sizes; never rescale sizes that already are
         ffmpeg_log_level="error",
-        output_params=["-crf", "17"],  # visually lossless
+        output_params=[*settings, *(["-metadata", f"comment={comment}"] if comment else [])],
     )
     writer.send(None)
     for frame in pixels:
@@ -107,7 +118,15 @@ def _write_mp4(pixels: np.ndarray, path: str, fps: int) -> None:
     writer.close()
 
 
-def _check_mp4(written: Path, frames: int, path: Path) -> None:
+def read_comment(path: Path) -> str | None:
+    """The `comment` stored in an mp4's or webm's metadata (magicme stores its settings there), or None."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    lines = subprocess.run(command, capture_output=True, text=True).stdout.splitlines()
+    found = next((line for line in lines if line.lower().startswith("comment=")), None)
+    return None if found is None else re.sub(r"\\(.)", r"\1", found.partition("=")[2])  # ffmetadata escapes
+
+
+def _check_written(written: Path, frames: int, path: Path) -> None:
     """ffmpeg can fail on close (a full disk) without imageio-ffmpeg raising: count what was written
     before it replaces anything at `path`."""
     try:
