@@ -4,12 +4,13 @@ Each field carries its help text in `metadata["help"]`; the CLI builds its optio
 these dataclasses, and every output's JSON sidecar is `dataclasses.asdict` of them.
 """
 
+import dataclasses
 import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -19,7 +20,7 @@ DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 SCHEDULERS = ("ddim", "euler", "euler-ancestral", "dpmpp-2m-karras")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # VCD-SPEC section 2, reference workflow
+FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # the reference workflow's values
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
@@ -92,7 +93,7 @@ T = TypeVar("T")
 def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
     """Build a settings dataclass, refusing unknown keys and values of the wrong type (a config
     file's `num_frames: "16"`), so mistakes cannot pass silently or fail deep inside a job."""
-    hints = typing.get_type_hints(cls)
+    hints = {name: kind for name, kind in typing.get_type_hints(cls).items() if name in _field_names(cls)}
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(hints)}")
@@ -103,6 +104,10 @@ def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
             expected = " or ".join(map(_type_name, options))
             raise ValueError(f"{source}: `{name}` must be {expected}, got {value!r} ({_type_name(type(value))})")
     return cls(**values)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {spec.name for spec in dataclasses.fields(cls)}
 
 
 def _has_type(value: Any, kind: Any) -> bool:
@@ -214,6 +219,8 @@ EDIT_METHODS = ("sdedit", "ddim-inversion")
 class VideoToVideoSettings:
     """What every V2V stage shares: how it re-noises a clip from the 3D prior and denoises it with a prompt."""
 
+    stage: ClassVar[str] = "video-to-video"  # its name on progress bars
+
     prompt: str = _help("identity prompt, e.g. 'a photo of <alice> woman'", default="")
     negative_prompt: str = _help("what to steer away from", default="")
     strength: float = _help("how far to re-noise: 0 keeps the clip, 1 redraws it", default=0.5)
@@ -232,7 +239,9 @@ class VideoToVideoSettings:
 
 @dataclass
 class FaceSettings(VideoToVideoSettings):
-    """Face VCD: re-denoise the face region large, with the identity prompt (VCD-SPEC section 3)."""
+    """Face VCD: re-denoise the face region large, with the identity prompt (Magic-Me, section 3.3)."""
+
+    stage: ClassVar[str] = "Face VCD"
 
     prompt: str = _help(
         "identity prompt for the face, e.g. 'a close up photo of <alice> woman, detailed face'", default=""
@@ -251,7 +260,9 @@ class FaceSettings(VideoToVideoSettings):
 
 @dataclass
 class UpscaleSettings(VideoToVideoSettings):
-    """Tiled VCD: upscale, then denoise tile by tile at low strength (VCD-SPEC section 4)."""
+    """Tiled VCD: upscale, then denoise tile by tile at low strength (Magic-Me, section 3.3)."""
+
+    stage: ClassVar[str] = "Tiled VCD"
 
     prompt: str = _help("identity prompt, e.g. 'a photo of <alice> woman on the beach'", default="")
     strength: float = _help("how far to re-noise each tile (reference: 0.2)", default=0.2)
@@ -267,6 +278,8 @@ class UpscaleSettings(VideoToVideoSettings):
 @dataclass
 class EditSettings(VideoToVideoSettings):
     """Identity video editing: SDEdit an existing video towards the identity prompt."""
+
+    stage: ClassVar[str] = "edit"
 
     prompt: str = _help("what the video should show, e.g. 'a photo of <alice> woman dancing'", default="")
     strength: float = _help("how far to re-noise: low keeps the video, high follows the prompt", default=0.6)

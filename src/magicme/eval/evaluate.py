@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from magicme.eval.encoders import clip_encoders, dino_encoder
 from magicme.eval.metrics import (
@@ -166,7 +167,7 @@ def plot_face_similarity(results: list[dict[str, Any]], path: Path, size: tuple[
 def evaluate_entries(entries: list[Entry], settings: EvalSettings) -> list[dict[str, Any]]:
     """Score every entry, then write the JSON, the Markdown table and, if asked, the plot."""
     evaluator = Evaluator(settings)
-    results = [evaluator.evaluate(entry) for entry in entries]
+    results = [evaluator.evaluate(entry) for entry in tqdm(entries, desc="scoring videos", disable=len(entries) == 1)]
     output = Path(settings.output)
     write_json({"settings": settings.__dict__, "videos": results}, output)
     with atomic_path(output.with_suffix(".md")) as partial:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from magicme.eval.evaluate import Entry
 from magicme.settings import GenerationSettings, ModelSettings, from_mapping, read_config_file
 
@@ -122,7 +124,7 @@ def render_protocol(model: ModelSettings, protocol: Protocol, output_dir: Path) 
     pipe = None
     videos = []
     with state.split_between_processes(protocol.jobs()) as jobs:
-        for job in jobs:
+        for job in tqdm(jobs, desc="protocol videos"):
             video = output_dir / job.video_name
             videos.append(video)
             if video.is_file():

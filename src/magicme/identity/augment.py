@@ -1,4 +1,4 @@
-"""The ID module's augmentations (VCD-SPEC section 1), applied alike to a photo and its mask.
+"""The ID module's augmentations (Magic-Me, section 3.1), applied alike to a photo and its mask.
 
 Per sample: centre square crop, horizontal flip, a small rotation (normal, sigma 10
 degrees), then 2/3 of the time a zoom out to 1/3..1 of the canvas at a random place on

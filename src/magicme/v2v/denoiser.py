@@ -61,6 +61,7 @@ def make_denoiser(
     check_strength(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
     video_pipe = AnimateDiffVideoToVideoPipeline.from_pipe(pipe)
+    video_pipe.set_progress_bar_config(desc=settings.stage, leave=False)
     if source_prompt is None:
         video_pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
     else:  # inversion and regeneration must walk the same timesteps

@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from magicme.detection import opencv_face_detector, overlap
 from magicme.io.video import resize_frames, to_uint8
@@ -96,7 +97,7 @@ def refine_faces(
         log.warning("no face found in any frame: the video passes through Face VCD unchanged")
         return frames
     refined = frames.clone()
-    for track in tracks[:1] if largest_only else tracks:
+    for track in tqdm(tracks[:1] if largest_only else tracks, desc="Face VCD faces", leave=False):
         x, y, side = crop_region(fill_missing(track), crop_factor, height, width)
         crop = refined[..., y : y + side, x : x + side]
         guide = denoise(resize_frames(crop, (guide_size, guide_size)), noise(len(frames), guide_size, guide_size))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from magicme.errors import SettingError
 from magicme.io.video import from_uint8, resize_frames, scaled_size, to_uint8
@@ -68,7 +69,8 @@ def denoise_tiled(frames: Frames, denoise: Denoiser, noise: Latents, tile: int =
     """
     scale = frames.shape[-1] // noise.shape[-1]
     result = torch.zeros_like(frames)  # (F, 3, H, W)
-    for rows, columns, weight in tile_weights(*frames.shape[-2:], tile, overlap, align=scale):
+    tiles = tile_weights(*frames.shape[-2:], tile, overlap, align=scale)
+    for rows, columns, weight in tqdm(tiles, desc="Tiled VCD tiles", leave=False, disable=len(tiles) == 1):
         latent_rows = slice(rows.start // scale, rows.stop // scale)
         latent_columns = slice(columns.start // scale, columns.stop // scale)
         result[..., rows, columns] += (

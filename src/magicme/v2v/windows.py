@@ -8,6 +8,7 @@ no seam shows and a denoiser that returns its input gives back the clip exactly.
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from magicme.types import Denoiser, Frames, Latents
 
@@ -60,7 +61,8 @@ def denoise_in_windows(frames: Frames, denoise: Denoiser, noise: Latents, window
     starts = window_starts(frames.shape[0], window, overlap)
     size = min(window, frames.shape[0])
     result, total = torch.zeros_like(frames), torch.zeros(frames.shape[0])
-    for start, ramp in zip(starts, axis_ramps(starts, size), strict=True):
+    windows = zip(starts, axis_ramps(starts, size), strict=True)
+    for start, ramp in tqdm(list(windows), desc="windows", leave=False, disable=len(starts) == 1):
         part = slice(start, start + size)
         result[part] += denoise(frames[part], noise[:, :, part]) * ramp[:, None, None, None]
         total[part] += ramp
