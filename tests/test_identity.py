@@ -207,3 +207,26 @@ def test_the_a1111_export_is_legacy_torch_serialisation_without_temporary_names(
     assert b"partial" not in content
     state = torch.load(path, weights_only=True)
     assert set(state) == {"string_to_param", "name", "step"} and state["string_to_param"]["*"].shape == (4, 768)
+
+
+@pytest.mark.parametrize(
+    ("output", "layout"),
+    [("x.safetensors", None), ("x.pt", None), ("x.bin", None), ("x.safetensors", "diffusers")],
+)
+def test_convert_writes_each_layout_with_the_same_vectors(make_pipe, tmp_path: Path, output: str, layout) -> None:
+    """The reference's published `.pt` identities become usable everywhere, stock diffusers included."""
+    from magicme.cli import main
+
+    vectors = torch.randn(4, TEXT_WIDTH, generator=torch.Generator().manual_seed(2))
+    source = save_a1111(tmp_path / "alice.pt", vectors)
+    argv = ["convert", str(source), str(tmp_path / output), "--class-word", "woman"]
+    assert main([*argv, *(["--layout", layout] if layout else [])]) == 0
+    converted = load_identity(tmp_path / output)
+    assert converted.name == ("x" if output.endswith(".pt") else "alice") and torch.equal(converted.embeddings, vectors)
+    if output == "x.safetensors" and layout is None:
+        assert converted.class_word == "woman"
+    if layout == "diffusers" or output.endswith(".bin"):  # diffusers' own loader, with no token= given
+        pipe = make_pipe()
+        pipe.load_textual_inversion(str(tmp_path / output))
+        ids = pipe.tokenizer.convert_tokens_to_ids(converted.tokens)
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)

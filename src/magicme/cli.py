@@ -80,6 +80,13 @@ examples:
   magicme upscale clip-face.mp4 --identity alice.safetensors --prompt "a photo of <alice> woman on the beach"
   magicme edit dance.mp4 --identity alice.safetensors --prompt "a photo of <alice> woman dancing" --strength 0.6
 """
+CONVERT_EXAMPLES = """\
+examples:
+  magicme convert alice.pt alice.safetensors                  # A1111/ComfyUI -> magicme
+  magicme convert learned_embeds.bin cat.pt                   # sd-concepts (diffusers) -> A1111/ComfyUI
+  magicme convert alice.safetensors alice.bin --layout diffusers
+  magicme convert Alice=alice.pt alice.safetensors --class-word woman
+"""
 RUN_EXAMPLE = """\
 example config (YAML; every section but model/output_dir is a stage, skipped when absent;
 sections are named as in sidecars, so a sidecar's section can be pasted in):
@@ -125,6 +132,11 @@ COMMANDS = {
         "photos to finished video in one command, resumable (train, generate, refine-face, upscale)",
         "Run the stages a config names, skipping those already done with the same settings and input.",
         RUN_EXAMPLE,
+    ),
+    "convert": (
+        "convert an identity file between the layouts of magicme, A1111/ComfyUI and diffusers",
+        "Read an identity file in any layout magicme knows and write it in the layout OUTPUT's suffix names.",
+        CONVERT_EXAMPLES,
     ),
 }
 
@@ -195,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if command == "run":
             sub.add_argument("config", type=Path, help="the chain's YAML/JSON config")
+            continue
+        if command == "convert":
+            add_convert_arguments(sub)
             continue
         if command in VIDEO_COMMANDS:
             sub.add_argument("input", type=Path, help="the video: .mp4, .gif or a folder of PNG frames")
@@ -311,6 +326,23 @@ def read_list(path: Path) -> list[dict]:
     return entries
 
 
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="the identity file: PATH or NAME=PATH, in any layout magicme reads")
+    parser.add_argument("output", type=Path, help="where to write it: .safetensors, .pt or .bin")
+    parser.add_argument(
+        "--layout",
+        choices=("magicme", "a1111", "diffusers"),
+        help="the layout to write (default: magicme for .safetensors, a1111 for .pt, diffusers for .bin)",
+    )
+    parser.add_argument("--class-word", help="the class word to record (magicme's layout keeps it)")
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from magicme.identity.files import convert_identity
+
+    print(f"identity: {convert_identity(args.source, args.output, args.layout, args.class_word)}")
+
+
 def run_chain_command(args: argparse.Namespace) -> None:
     from magicme.chain import run_chain
 
@@ -321,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
     commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
+    commands["convert"] = run_convert
     commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
     commands |= {name: command.run for name, command in registry.commands().items()}
     try:

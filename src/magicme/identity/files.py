@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from magicme.errors import SettingError
 from magicme.io.files import atomic_path, load_plain_torch_file
 
 FORMAT = "magicme-identity"
@@ -102,6 +103,39 @@ def export_diffusers(identity: Identity, path: Path) -> Path:
     with atomic_path(path) as partial:
         save_file({identity.placeholder: identity.embeddings.detach().float().cpu().contiguous()}, partial)
     return path
+
+
+LAYOUTS = ("magicme", "a1111", "diffusers")
+DEFAULT_LAYOUTS = {".safetensors": "magicme", ".pt": "a1111", ".bin": "diffusers"}
+
+
+def convert_identity(
+    source: str | Path, output: Path, layout: str | None = None, class_word: str | None = None
+) -> Path:
+    """Write the identity in `source` (any layout `load_identity` reads) in another layout.
+
+    `layout` defaults by `output`'s suffix: magicme for `.safetensors`, A1111/ComfyUI for `.pt`,
+    diffusers' `{"<name>": tensor}` for `.bin` (a pickle, as sd-concepts files are) or for a
+    `.safetensors` asked for with layout diffusers. A LoRA trained with the identity is not copied.
+    """
+    output = Path(output)
+    layout = layout or DEFAULT_LAYOUTS.get(output.suffix)
+    if layout not in LAYOUTS:
+        raise SettingError("layout", f"give one of {LAYOUTS} for {output.name}, or end it in .safetensors, .pt, .bin")
+    identity = load_identity(source)
+    identity.class_word = class_word or identity.class_word
+    if layout == "magicme":
+        if output.suffix != ".safetensors":
+            raise ValueError(f"magicme's layout is a .safetensors file, not {output.name}")
+        return save_identity(identity, output)
+    if layout == "a1111":
+        return export_a1111(identity, output)
+    if output.suffix == ".safetensors":
+        return export_diffusers(identity, output)
+    with atomic_path(output) as partial:
+        state = {identity.placeholder: identity.embeddings.detach().float().cpu()}
+        torch.save(state, partial, _use_new_zipfile_serialization=False)
+    return output
 
 
 def load_identity(spec: str | Path) -> Identity:
