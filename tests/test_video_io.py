@@ -23,12 +23,12 @@ def test_round_trip_keeps_count_size_and_content(tmp_path: Path, name: str, tole
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "clip.webm"
+    path = tmp_path / "clip.avi"
     path.write_bytes(b"finished work")
     with pytest.raises(ValueError, match="unknown video format"):
         save_video(gradient_clip(), path)
     assert path.read_bytes() == b"finished work"
-    assert [p.name for p in tmp_path.iterdir()] == ["clip.webm"]
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
 
 
 def test_frames_must_be_rgb_frames() -> None:
