@@ -69,7 +69,7 @@ def test_options_override_the_config_file(tmp_path: Path, model_args: list[str])
     ("extra", "message"),
     [
         (["--prompt", "a photo of <bob> man"], "unknown identity <bob>"),
-        (["--prompt", "a cat", "--gamma", "1.0"], "gamma must be in"),
+        (["--prompt", "a cat", "--gamma", "1.0"], "--gamma must be in"),
         (["--prompt", "a cat", "--height", "100"], "multiples of 8"),
         (["--prompt", "a cat", "--identity", "missing.safetensors"], "missing.safetensors does not exist"),
         (["--prompt", "a cat", "--base-model", "./no/such/model"], "base model ./no/such/model does not exist"),

@@ -74,7 +74,7 @@ def test_free_noise_renders_longer_than_its_window(tiny_pipe) -> None:
     ("overrides", "message"),
     [
         ({"height": 100}, "multiples of 8"),
-        ({"gamma": 1.0}, r"gamma must be in \[0, 1\)"),
+        ({"gamma": 1.0}, r"gamma` must be in \[0, 1\)"),
         ({"prompt": " "}, "a prompt is needed"),
         ({"num_frames": 0}, "at least 1"),
     ],
@@ -142,6 +142,52 @@ def test_motion_lora_weight_scales_its_effect(tiny_model, tiny_pipe, motion_lora
         settings = ModelSettings(str(base), str(motion), motion_lora=str(motion_lora), motion_lora_scale=scale)
         frames = generate(load_pipeline(settings), quick_settings(prompt="a cat"))
         assert torch.allclose(frames, plain, atol=1e-6) != changes
+
+
+def original_motion_lora_layout(diffusers_lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A motion LoRA in AnimateDiff's original layout, exactly as in v2_lora_ZoomIn.ckpt:
+    `...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora.down.weight`."""
+    state = {}
+    for key, value in diffusers_lora.items():
+        key = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", key.removeprefix("unet."))
+        key = key.replace(".attn1.", ".attention_blocks.0.").replace(".attn2.", ".attention_blocks.1.")
+        key = re.sub(
+            r"\.(to_q|to_k|to_v|to_out)(\.0)?\.lora_([AB])\.weight",
+            lambda m: f".processor.{m[1]}_lora.{'down' if m[3] == 'A' else 'up'}.weight",
+            key,
+        )
+        state[key] = value
+    return state
+
+
+def test_an_original_animatediff_motion_lora_loads_as_its_diffusers_twin(
+    tiny_model, tiny_pipe, motion_lora: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    original = original_motion_lora_layout(load_file(str(motion_lora / "pytorch_lora_weights.safetensors")))
+    assert all(".processor.to_" in key and "_lora." in key and ".temporal_transformer." in key for key in original)
+    torch.save(original, tmp_path / "v2_lora_ZoomIn.ckpt")
+    base, motion = tiny_model
+    frames = {}
+    for name, source in (("diffusers", motion_lora), ("original", tmp_path / "v2_lora_ZoomIn.ckpt")):
+        settings = ModelSettings(str(base), str(motion), motion_lora=str(source), motion_lora_scale=0.6)
+        frames[name] = generate(load_pipeline(settings), quick_settings(prompt="a cat"))
+    assert torch.allclose(frames["original"], frames["diffusers"], atol=1e-6)
+    assert not torch.allclose(frames["original"], generate(tiny_pipe, quick_settings(prompt="a cat")), atol=1e-4)
+
+
+def test_a_lora_without_motion_layers_is_refused(tiny_model, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from magicme.models.motion_lora import MotionLoraError
+
+    module = "lora_te_text_model_encoder_layers_0_mlp_fc1"  # a text-encoder LoRA: no motion-module layer
+    lora = {f"{module}.lora_down.weight": torch.zeros(2, 32), f"{module}.lora_up.weight": torch.zeros(64, 2)}
+    save_file(lora, str(tmp_path / "x.safetensors"))
+    base, motion = tiny_model
+    with pytest.raises(MotionLoraError, match="matched no layer of the motion modules"):
+        load_pipeline(ModelSettings(str(base), str(motion), motion_lora=str(tmp_path / "x.safetensors")))
 
 
 def original_motion_layout(adapter) -> dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ LAYOUTS = {  # what each tool writes -> (content, the name magicme gives it from
     "kohya/Civitai emb_params": ({"emb_params": VECTORS}, "cat-toy"),
     "diffusers / sd-concepts learned_embeds": ({"<cat-toy>": VECTORS}, "cat-toy"),
     "diffusers one token under another name": ({"<sks>": VECTORS}, "sks"),
+    "diffusers one token that is no name": ({"*": VECTORS}, "cat-toy"),
     "a bare tensor": (VECTORS, "cat-toy"),
 }
 
@@ -230,3 +231,11 @@ def test_convert_writes_each_layout_with_the_same_vectors(make_pipe, tmp_path: P
         pipe.load_textual_inversion(str(tmp_path / output))
         ids = pipe.tokenizer.convert_tokens_to_ids(converted.tokens)
         assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
+
+
+@pytest.mark.parametrize("lora", ["../../etc/passwd", "/etc/passwd", "sub/x.safetensors", ".."])
+def test_an_identity_may_only_name_a_lora_in_its_own_folder(tmp_path: Path, lora: str) -> None:
+    """Identity files are untrusted input: their metadata must not direct magicme to read other files."""
+    path = save_identity(Identity("eve", torch.randn(2, 768), metadata={"lora": lora}), tmp_path / "eve.safetensors")
+    with pytest.raises(IdentityError, match="must be a file name in its own folder"):
+        load_identity(path)

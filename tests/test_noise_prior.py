@@ -53,7 +53,7 @@ def test_any_dtype(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("gamma", [1.0, -0.1, 1.5])
 def test_gamma_outside_unit_interval_is_refused(gamma: float) -> None:
-    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"gamma` must be in \[0, 1\)"):
         sample_noise_prior(SHAPE, gamma)
 
 

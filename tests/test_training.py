@@ -125,7 +125,7 @@ def test_run_writes_identity_exports_masks_and_checkpoints(settings: TrainingSet
     assert identity.name == "astro" and identity.class_word == "woman"
     assert identity.embeddings.shape == (4, 32) and identity.metadata["steps_trained"] == 4
     assert torch.equal(load_identity(run / "astro.pt").embeddings, identity.embeddings)
-    assert torch.equal(load_identity(run / "astro.diffusers.safetensors").embeddings, identity.embeddings)
+    assert not (run / "astro.diffusers.safetensors").exists(), "astro.safetensors serves diffusers itself"
     assert (run / "masks.png").is_file() and len(list((run / "masks").glob("*.png"))) == 3
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-000002-0.png", "step-000004-0.png"]
@@ -134,9 +134,9 @@ def test_run_writes_identity_exports_masks_and_checkpoints(settings: TrainingSet
 def test_exports_load_in_diffusers_with_the_same_vectors(settings: TrainingSettings, make_pipe) -> None:
     identity = load_identity(train_identity(settings))
     run = Path(settings.output_dir)
-    for export in ("astro.pt", "astro.diffusers.safetensors"):
+    for export in ("astro.pt", "astro.safetensors"):
         pipe = make_pipe()
-        pipe.load_textual_inversion(str(run / export), token="<astro>")
+        pipe.load_textual_inversion(str(run / export))  # each file names its token <astro>
         ids = pipe.tokenizer.convert_tokens_to_ids(identity.tokens)
         assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], identity.embeddings), export
 
@@ -197,17 +197,27 @@ def test_module_reads_as_documented() -> None:
     assert training.CAPTION.format(tokens="<a> <a>_1", class_word="dog") == "photo of a <a> <a>_1 dog"
 
 
-def test_identity_lora_trains_saves_and_loads_with_the_identity(settings: TrainingSettings, make_pipe) -> None:
+def test_identity_lora_trains_saves_and_loads_with_the_identity(
+    settings: TrainingSettings, make_pipe, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from magicme.cli import main
     from magicme.t2v.generate import generate
     from tests.conftest import quick_settings
 
     identity_path = train_identity(dataclasses.replace(settings, lora_rank=2, steps=2, lora_learning_rate=1e-2))
     run = Path(settings.output_dir)
     assert load_identity(identity_path).lora == run / "astro.lora.safetensors"
+    assert all(key.startswith("lora_unet_") for key in load_file(str(run / "astro.lora.safetensors")))  # kohya's
     prompt = quick_settings(prompt="a photo of <astro> woman")
     with_lora = generate(make_pipe([str(identity_path)]), prompt)
-    tokens_only = generate(make_pipe([f"astro={run / 'astro.diffusers.safetensors'}"]), prompt)
+    tokens_only = generate(make_pipe([str(run / "astro.pt")]), prompt)
     assert not torch.allclose(with_lora, tokens_only, atol=1e-4), "the identity's LoRA must take effect"
+
+    assert main(["convert", str(identity_path), str(tmp_path / "shared.safetensors")]) == 0
+    assert load_identity(tmp_path / "shared.safetensors").lora == tmp_path / "shared.lora.safetensors"
+    assert torch.allclose(generate(make_pipe([str(tmp_path / "shared.safetensors")]), prompt), with_lora, atol=1e-6)
 
     resumed = dataclasses.replace(settings, lora_rank=2, steps=3, lora_learning_rate=1e-2, resume=True)
     assert load_identity(train_identity(resumed)).metadata["steps_trained"] == 3

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from magicme.io.files import write_json
+from magicme.io.locks import exclusive
 from magicme.settings import (
     EditSettings,
     FaceSettings,
@@ -120,34 +121,34 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
     from magicme.v2v.jobs import edit_video, refine_face_video, upscale_video
 
     output_dir, video, model, stages = parse_chain(config, source)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name, settings in stages.items():
-        record = {name: dataclasses.asdict(settings)} | (
-            {"model": dataclasses.asdict(model)} if name != "training" else {}
-        )
-        output = output_dir / ("training" if name == "training" else f"{name}.mp4")
-        marker = output_dir / f"{name}.done"
-        key = fingerprint(record, stage_inputs(name, settings, model, video))
-        if output.exists() and marker.is_file() and json.loads(marker.read_text())["fingerprint"] == key:
-            log.info("%s: done before with the same settings and input, skipping", name)
-        else:
-            log.info("%s: running", name)
-            if name == "training":
-                train_identity(training_run(settings, output))
-            elif name == "generation":
-                render(model, settings, output)
-            elif name == "edit":
-                edit_video(model, settings, video, output)
-            elif name == "refine_face":
-                refine_face_video(model, settings, video, output)
+    with exclusive(output_dir):  # one chain per folder: two would race over its stages' markers
+        for name, settings in stages.items():
+            record = {name: dataclasses.asdict(settings)} | (
+                {"model": dataclasses.asdict(model)} if name != "training" else {}
+            )
+            output = output_dir / ("training" if name == "training" else f"{name}.mp4")
+            marker = output_dir / f"{name}.done"
+            key = fingerprint(record, stage_inputs(name, settings, model, video))
+            if output.exists() and marker.is_file() and json.loads(marker.read_text())["fingerprint"] == key:
+                log.info("%s: done before with the same settings and input, skipping", name)
             else:
-                upscale_video(model, settings, video, output)
-            write_json({"fingerprint": key, "output": str(output)}, marker)
-        if name == "training":
-            identity = output / f"{settings.name}.safetensors"
-            model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
-        else:
-            video = output
+                log.info("%s: running", name)
+                if name == "training":
+                    train_identity(training_run(settings, output))
+                elif name == "generation":
+                    render(model, settings, output)
+                elif name == "edit":
+                    edit_video(model, settings, video, output)
+                elif name == "refine_face":
+                    refine_face_video(model, settings, video, output)
+                else:
+                    upscale_video(model, settings, video, output)
+                write_json({"fingerprint": key, "output": str(output)}, marker)
+            if name == "training":
+                identity = output / f"{settings.name}.safetensors"
+                model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
+            else:
+                video = output
     if video is None:
         raise ValueError(f"{source}: no stage produced a video")
     return video

@@ -2,10 +2,14 @@
 
 import argparse
 import dataclasses
+import errno
 import logging
+import os
 import re
 import secrets
 import sys
+import tempfile
+import traceback
 import typing
 from importlib.metadata import version
 from pathlib import Path
@@ -196,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="magicme", description="Identity-specific video generation (Video Custom Diffusion, Magic-Me)."
     )
     parser.add_argument("--version", action="version", version=f"magicme {version('magicme')}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback with an error (also: MAGICME_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for command, (summary, description, epilog) in COMMANDS.items():
         sub = commands.add_parser(
@@ -349,8 +356,32 @@ def run_chain_command(args: argparse.Namespace) -> None:
     print(f"video: {run_chain(read_config_file(args.config), str(args.config))}")
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def describe(error: Exception) -> str:
+    """One line for the user: our errors say what to do; the system's get the fix added."""
+    if isinstance(error, OSError) and error.errno in FULL_DISK:
+        where = f" writing {error.filename}" if error.filename else ""
+        text = f"the disk is full{where}; free some space and run it again (finished files are kept)"
+    elif isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = as_options(error)
+    return " ".join(text.split())
+
+
+def report_crash() -> Path:
+    """Write the traceback of an unexpected error to a file; the terminal gets one line."""
+    with tempfile.NamedTemporaryFile("w", prefix="magicme-traceback-", suffix=".txt", delete=False) as handle:
+        handle.write(traceback.format_exc())
+    return Path(handle.name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; exit 2 with one line on bad input, 1 on an unexpected error, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("MAGICME_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
     commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
     commands["convert"] = run_convert
@@ -358,12 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     commands |= {name: command.run for name, command in registry.commands().items()}
     try:
         commands[args.command](args)
-    except (ValueError, FileNotFoundError) as error:  # our errors say what to do; no traceback needed
-        print(f"magicme: error: {as_options(error)}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input or a system fault: the message says what to do
+        if debug:
+            traceback.print_exc()
+        print(f"magicme: error: {describe(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("magicme: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: one line here, the whole traceback in a file to report
+        if debug:
+            traceback.print_exc()
+        line = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        print(f"magicme: internal error: {line}; full traceback in {report_crash()}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -40,7 +40,8 @@ class ModelSettings:
         default=DEFAULT_MOTION_ADAPTER,
     )
     motion_lora: str | None = _help(
-        "optional AnimateDiff motion LoRA (hub id, folder or file), e.g. guoyww/animatediff-motion-lora-zoom-in",
+        "optional AnimateDiff motion LoRA (hub id, folder or file; the original `v2_lora_*.ckpt` files are renamed "
+        "on load), e.g. guoyww/animatediff-motion-lora-zoom-in",
         default=None,
     )
     motion_lora_scale: float = _help("weight of the motion LoRA (reference: 0.6)", default=0.6)

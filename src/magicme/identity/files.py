@@ -4,8 +4,11 @@ A prompt names an identity as `<NAME>`. Installing an identity adds K tokens `<N
 `<NAME>_1`, ... to the tokenizer through diffusers' `load_textual_inversion`, whose prompt
 conversion expands `<NAME>` to all K tokens; nothing else in the text encoder changes.
 
-Formats read, by content: magicme's safetensors (tensor `embeddings` of shape (K, D) plus
-string metadata), the A1111/ComfyUI layout `{"string_to_param": {"*": tensor[K, D]}}` (the
+magicme's own file is a safetensors file holding one (K, D) tensor keyed by `<NAME>`, with
+the name, class word and training settings as string metadata: stock diffusers registers
+it as `<NAME>` without `token=`, and A1111 and ComfyUI read it as a one-tensor embedding.
+Formats read, by content: that file (and its first version, whose tensor was keyed
+`embeddings`), the A1111/ComfyUI layout `{"string_to_param": {"*": tensor[K, D]}}` (the
 reference implementation's output), `emb_params`, diffusers' one-key files and bare
 tensors; pickles are read with `weights_only=True`, so a file carrying code is refused.
 """
@@ -17,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from magicme.errors import SettingError
-from magicme.io.files import atomic_path, load_plain_torch_file
+from magicme.identity.lora import export_lora
+from magicme.io.files import atomic_path, read_tensor_file
 
 FORMAT = "magicme-identity"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 1 keyed the tensor `embeddings`; 2 keys it `<NAME>`
 PLACEHOLDER = re.compile(r"<([A-Za-z0-9][A-Za-z0-9_\-]*)>")
 
 
@@ -68,7 +71,10 @@ def lowercase_placeholders(prompt: str) -> str:
 
 
 def save_identity(identity: Identity, path: Path) -> Path:
-    """Write magicme's safetensors identity file atomically (a crash leaves no half file)."""
+    """Write magicme's safetensors identity file atomically (a crash leaves no half file).
+
+    The tensor is keyed by `<NAME>`, so each consumer reads the file as it is (see the module doc).
+    """
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -78,7 +84,7 @@ def save_identity(identity: Identity, path: Path) -> Path:
         "metadata": json.dumps(identity.metadata),
     }
     with atomic_path(path) as partial:
-        save_file({"embeddings": identity.embeddings.detach().float().cpu().contiguous()}, partial, metadata)
+        save_file({identity.placeholder: identity.embeddings.detach().float().cpu().contiguous()}, partial, metadata)
     return path
 
 
@@ -87,10 +93,12 @@ def export_a1111(identity: Identity, path: Path) -> Path:
 
     Written in torch's legacy (non-zip) serialisation: a stock A1111 rejects the zip entries
     current torch writes, and the zip's folder would be named after the temporary file.
+    A1111 and ComfyUI name the embedding by its file name; diffusers takes `name` as the token,
+    so it is `<NAME>` rather than a plain word the vocabulary already has.
     """
     state = {
         "string_to_param": {"*": identity.embeddings.detach().float().cpu().contiguous()},
-        "name": identity.name,
+        "name": identity.placeholder,
         "step": int(identity.metadata.get("steps_trained", 0)),
     }
     with atomic_path(path) as partial:
@@ -116,7 +124,8 @@ def convert_identity(
 
     `layout` defaults by `output`'s suffix: magicme for `.safetensors`, A1111/ComfyUI for `.pt`,
     diffusers' `{"<name>": tensor}` for `.bin` (a pickle, as sd-concepts files are) or for a
-    `.safetensors` asked for with layout diffusers. A LoRA trained with the identity is not copied.
+    `.safetensors` asked for with layout diffusers. A LoRA trained with the identity is written
+    beside the output as `STEM.lora.safetensors` in kohya's layout, which every tool reads.
     """
     output = Path(output)
     layout = layout or DEFAULT_LAYOUTS.get(output.suffix)
@@ -124,6 +133,9 @@ def convert_identity(
         raise SettingError("layout", f"give one of {LAYOUTS} for {output.name}, or end it in .safetensors, .pt, .bin")
     identity = load_identity(source)
     identity.class_word = class_word or identity.class_word
+    if identity.lora:
+        lora = export_lora(identity.lora, output.with_name(f"{output.stem}.lora.safetensors"))
+        identity.metadata["lora"] = lora.name
     if layout == "magicme":
         if output.suffix != ".safetensors":
             raise ValueError(f"magicme's layout is a .safetensors file, not {output.name}")
@@ -154,6 +166,10 @@ def load_identity(spec: str | Path) -> Identity:
     if name:
         identity.name = name
     if lora_file := identity.metadata.get("lora"):
+        if not isinstance(lora_file, str) or Path(lora_file).name != lora_file or lora_file in (".", ".."):
+            raise IdentityError(  # identity files are untrusted: they may only name a file beside themselves
+                f"{path} names its LoRA as {lora_file!r}; an identity's LoRA must be a file name in its own folder"
+            )
         identity.lora = path.parent / lora_file
         if not identity.lora.is_file():
             raise IdentityError(f"{path} was trained with a LoRA, expected as {identity.lora}; it is missing")
@@ -162,33 +178,20 @@ def load_identity(spec: str | Path) -> Identity:
     return identity
 
 
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
-    with open(path, "rb") as handle:
-        start = handle.read(9)
-    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
-
-
 def read_identity_file(path: Path) -> tuple[Any, dict[str, str]]:
     """The file's content (a mapping, or a bare tensor) and its safetensors metadata (none for a pickle)."""
-    if is_safetensors(path):
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
-        except (SafetensorError, OSError) as error:
-            raise IdentityError(f"{path} is not a readable safetensors file (truncated?): {error}") from None
     try:
-        return load_plain_torch_file(path), {}
+        return read_tensor_file(path)
     except ValueError as error:
         raise IdentityError(str(error)) from None
 
 
 def identity_from_content(content: Any, metadata: dict[str, str], path: Path) -> Identity:
     """Recognise the layouts identity files come in, by their keys."""
-    if metadata.get("format") == FORMAT and "embeddings" in content:
+    if metadata.get("format") == FORMAT and len(content) == 1:
         return Identity(
             name=metadata.get("name") or path.stem,
-            embeddings=_as_matrix(content["embeddings"], path),
+            embeddings=_as_matrix(next(iter(content.values())), path),
             class_word=metadata.get("class_word") or None,
             metadata=json.loads(metadata.get("metadata", "{}")),
         )
@@ -208,7 +211,8 @@ def identity_from_content(content: Any, metadata: dict[str, str], path: Path) ->
     tensors = {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
     if len(content) == 1 and len(tensors) == 1:  # diffusers: {"<token>": tensor}
         key, embeddings = next(iter(tensors.items()))
-        return Identity(key.strip("<>") or path.stem, _as_matrix(embeddings, path))
+        token = key.strip("<>")  # a token that is no usable name (`*`, `emb`...) gives way to the file's stem
+        return Identity(token if PLACEHOLDER.fullmatch(f"<{token}>") else path.stem, _as_matrix(embeddings, path))
     raise IdentityError(
         f"{path} holds keys {sorted(map(str, content))[:8]}: not an identity layout magicme knows (magicme "
         "safetensors, A1111/ComfyUI string_to_param, emb_params, or a one-tensor diffusers file)"
@@ -220,6 +224,8 @@ def _as_matrix(embeddings: torch.Tensor, path: Path) -> torch.Tensor:
         embeddings = embeddings[None]
     if embeddings.ndim != 2 or len(embeddings) == 0:
         raise IdentityError(f"{path}: expected embeddings of shape (K, D), got {tuple(embeddings.shape)}")
+    if not torch.isfinite(embeddings).all():
+        raise IdentityError(f"{path} holds NaN or infinite values: the training that wrote it diverged; retrain it")
     return embeddings.float()
 
 
@@ -247,6 +253,24 @@ def install_identities(pipe: Any, identities: list[Identity]) -> None:
 
 def lora_adapter_name(identity: Identity) -> str:
     return "identity_" + identity.name.replace("-", "_")
+
+
+def check_prompt_fits(pipe: Any, prompt: str) -> None:
+    """Refuse a prompt whose identity tokens fall past the text encoder's 77 positions.
+
+    diffusers expands `<NAME>` into its K tokens; past the limit the tokenizer cuts them away
+    with only a generic warning, and the video silently loses the identity.
+    """
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(pipe.maybe_convert_prompt(prompt, tokenizer)).input_ids  # with the start and end tokens
+    limit = tokenizer.model_max_length
+    cut = set(ids[limit - 1 : -1])  # the end token takes the last place kept
+    lost = sorted(token for token, token_id in tokenizer.get_added_vocab().items() if token_id in cut)
+    if lost:
+        raise IdentityError(
+            f"the prompt is {len(ids)} tokens once its identities are expanded, but the text encoder reads {limit}: "
+            f"identity tokens {', '.join(lost)} would be cut off. Shorten the prompt, or name the identity earlier."
+        )
 
 
 def check_placeholders(prompt: str, loaded: list[str]) -> None:

@@ -11,6 +11,8 @@ normalised by its area (Magic-Me, section 3.1).
 import dataclasses
 import json
 import logging
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,18 +28,19 @@ from tqdm.auto import tqdm
 from magicme.errors import SettingError
 from magicme.identity.augment import augment
 from magicme.identity.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
-from magicme.identity.files import Identity, export_a1111, export_diffusers, identity_tokens, save_identity
+from magicme.identity.files import Identity, export_a1111, identity_tokens, save_identity
+from magicme.identity.lora import add_unet_lora, save_kohya_lora
 from magicme.identity.masks import contact_sheet, prepare_masks
 from magicme.identity.photos import Photo, load_photos
 from magicme.interrupts import stop_between_steps
-from magicme.io.files import atomic_path, write_json
+from magicme.io.files import write_json
+from magicme.io.locks import exclusive
 from magicme.models.loading import load_image_pipeline
 from magicme.settings import TrainingSettings
 
 log = logging.getLogger("magicme")
 
 CAPTION = "photo of a {tokens} {class_word}"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_PREFIX = "lora."
 GENERIC_INIT_WORDS = ("face", "person", "photo")
 ROWS = "identity_rows"
@@ -256,17 +259,6 @@ def render_preview_clips(video_pipe: AnimateDiffPipeline, settings: TrainingSett
         save_video(generate(video_pipe, clip), stem.with_name(f"{stem.name}-{index}.mp4"), fps=clip.fps)
 
 
-def add_unet_lora(unet: nn.Module, rank: int) -> list[nn.Parameter]:
-    """A LoRA on the UNet's attention projections (peft), trained in fp32 whatever the UNet's dtype."""
-    from peft import LoraConfig
-
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
-    parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
-    for parameter in parameters:
-        parameter.data = parameter.data.float()
-    return parameters
-
-
 class IdentityTrainer:
     """The frozen model, the K trainable rows, their optimizer and the one generator all randomness uses."""
 
@@ -347,13 +339,7 @@ class IdentityTrainer:
         """Write the identity file (and its LoRA beside it) as they stand now."""
         identity = self.identity()
         if lora_file := identity.metadata.get("lora"):
-            from diffusers.utils import convert_state_dict_to_diffusers
-
-            lora = convert_state_dict_to_diffusers(self.lora_state())
-            with atomic_path(run_dir / lora_file) as partial:
-                StableDiffusionPipeline.save_lora_weights(
-                    Path(partial).parent, unet_lora_layers=lora, weight_name=Path(partial).name
-                )
+            save_kohya_lora(self.lora_state(), run_dir / lora_file)
         return save_identity(identity, run_dir / f"{self.settings.name}.safetensors")
 
 
@@ -364,8 +350,17 @@ def train_identity(settings: TrainingSettings) -> Path:
         settings: the photos, name, class word, base model and the training recipe (reference defaults).
 
     Returns:
-        the path of its magicme identity file; the A1111/ComfyUI and diffusers exports lie beside it.
+        the path of its magicme identity file; the A1111 `.pt` (and the LoRA, if any) lie beside it.
     """
+    # One trainer per run folder (two would interleave checkpoints); under `accelerate launch`,
+    # the processes of one run share it, so the first process holds the lock for all.
+    first_process = os.environ.get("RANK", "0") == "0"
+    with exclusive(run_folder(settings)) if first_process else nullcontext():
+        return learn_identity(settings)
+
+
+def learn_identity(settings: TrainingSettings) -> Path:
+    """`train_identity`'s work, in a run folder this process may write."""
     # 1. Check inputs and prepare the run folder
     check_training_settings(settings)
     run_dir = run_folder(settings)
@@ -420,10 +415,9 @@ def train_identity(settings: TrainingSettings) -> Path:
     finally:
         progress.close()
 
-    # 5. Identity files: magicme's (with its LoRA), plus A1111/ComfyUI and diffusers exports
+    # 5. Identity files: magicme's (read by diffusers, A1111 and ComfyUI too) with its LoRA, and the A1111 .pt
     identity_path = trainer.save(run_dir)
     export_a1111(trainer.identity(), run_dir / f"{settings.name}.pt")
-    export_diffusers(trainer.identity(), run_dir / f"{settings.name}.diffusers.safetensors")
     return identity_path
 
 

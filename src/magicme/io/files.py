@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 
 @contextmanager
@@ -22,7 +23,7 @@ def atomic_path(path: Path) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # one per writer: none interleave
     try:
         yield str(partial)
         os.replace(partial, path)
@@ -48,6 +49,26 @@ def load_plain_torch_file(path: Path) -> Any:
         raise ValueError(
             f"{path} is not a readable PyTorch or safetensors file (truncated, or another format?)"
         ) from error
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian), then '{'."""
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
+
+
+def read_tensor_file(path: Path) -> tuple[Any, dict[str, str]]:
+    """A safetensors or plain PyTorch file, told apart by content: its content and its safetensors
+    metadata (none for a pickle). Raises ValueError with a message for users on any unreadable file."""
+    path = Path(path)
+    if not is_safetensors(path):
+        return load_plain_torch_file(path), {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated?): {error}") from None
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:

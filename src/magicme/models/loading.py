@@ -17,10 +17,12 @@ from diffusers import (
     MotionAdapter,
     StableDiffusionPipeline,
 )
-from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 from safetensors import SafetensorError, safe_open
 
 from magicme.identity.files import install_identities, load_identity, lora_adapter_name
+from magicme.io.files import read_tensor_file
+from magicme.models.motion_lora import ADAPTER as MOTION_ADAPTER
+from magicme.models.motion_lora import load_motion_lora
 from magicme.settings import DTYPES, ModelSettings
 
 CONFIGS = files("magicme") / "configs"
@@ -87,6 +89,19 @@ def _hub_errors(source: str, what: str) -> Iterator[None]:
         raise ModelLoadError(f"{what} {source} could not be loaded and is not in the local cache; {fix}") from None
 
 
+@contextmanager
+def _single_file_errors(path: str, what: str) -> Iterator[None]:
+    """diffusers reports every unreadable single file as one OSError; read the file to say which fault it is."""
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        try:
+            read_tensor_file(Path(path).expanduser())  # only on failure: says "holds code" or "truncated"
+        except ValueError as reason:
+            raise ModelLoadError(f"{what} {reason}") from None
+        raise ModelLoadError(f"{what} {path} could not be loaded: {error}") from None
+
+
 def check_sd15_checkpoint(path: Path) -> None:
     """Refuse checkpoints of another family before diffusers fails deep inside conversion."""
     if path.suffix != ".safetensors":
@@ -112,7 +127,11 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
     if not _is_single_file(source):
         with _hub_errors(source, "motion adapter"):
             return MotionAdapter.from_pretrained(source, dtype=dtype)
-    checkpoint = load_single_file_checkpoint(source)  # safetensors, or torch.load(weights_only=True)
+    try:
+        checkpoint, _ = read_tensor_file(Path(source).expanduser())  # safetensors, or torch.load(weights_only=True)
+    except ValueError as reason:
+        raise ModelLoadError(f"motion adapter {reason}") from None
+    checkpoint = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
     if not any(".motion_modules." in key for key in checkpoint):
         raise ModelLoadError(f"{source} holds no AnimateDiff motion modules; is it a base model or a LoRA?")
     version = "v2" if any(key.startswith(MOTION_MID_BLOCK) for key in checkpoint) else "v1"
@@ -129,9 +148,10 @@ def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionP
                 base_model, dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
     check_sd15_checkpoint(Path(base_model))
-    return StableDiffusionPipeline.from_single_file(
-        base_model, config=str(CONFIGS / "sd15"), dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    with _single_file_errors(base_model, "base model"):
+        return StableDiffusionPipeline.from_single_file(
+            base_model, config=str(CONFIGS / "sd15"), dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
 
 
 def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
@@ -146,8 +166,9 @@ def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     adapters = {lora_adapter_name(identity): 1.0 for identity in identities if identity.lora}
     if settings.motion_lora:
         _check_exists(settings.motion_lora, "motion LoRA")
-        pipe.load_lora_weights(settings.motion_lora, adapter_name="motion")
-        adapters["motion"] = settings.motion_lora_scale
+        with _hub_errors(settings.motion_lora, "motion LoRA"):
+            load_motion_lora(pipe, settings.motion_lora)
+        adapters[MOTION_ADAPTER] = settings.motion_lora_scale
     if adapters:
         pipe.set_adapters(list(adapters), list(adapters.values()))
     if settings.vae_slicing:

@@ -12,7 +12,8 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from magicme.errors import SettingError
-from magicme.identity.files import PLACEHOLDER, check_placeholders, lowercase_placeholders
+from magicme.identity.files import PLACEHOLDER, check_placeholders, check_prompt_fits, lowercase_placeholders
+from magicme.io.locks import exclusive
 from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path
 from magicme.models.loading import load_pipeline
@@ -35,6 +36,22 @@ def check_generation_settings(settings: GenerationSettings) -> None:
     if settings.num_frames < 1 or settings.num_inference_steps < 1:
         raise ValueError("num_frames and num_inference_steps must be at least 1")
     validate_gamma(settings.gamma)
+
+
+def check_frame_limit(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> None:
+    """The motion module attends over at most its number of frame positions at once; longer clips need windows."""
+    limit = pipe.unet.config.motion_max_seq_length
+    window = settings.free_noise_context if settings.free_noise else settings.num_frames
+    if window > limit:
+        fix = (
+            f"use --free-noise-context {limit} or less"
+            if settings.free_noise
+            else f"render at most {limit} frames, or use --free-noise (it denoises in overlapping windows)"
+        )
+        raise SettingError(
+            "free_noise_context" if settings.free_noise else "num_frames",
+            f"{window} frames at once, but this motion module knows {limit} frame positions: {fix}",
+        )
 
 
 def loaded_identity_names(pipe: AnimateDiffPipeline) -> list[str]:
@@ -90,8 +107,11 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
     # 1. Check inputs
     check_generation_settings(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
+    check_frame_limit(pipe, settings)
     prompt = lowercase_placeholders(settings.prompt)
     schedule = parse_prompt_schedule(prompt, settings.num_frames)
+    for text in [*(schedule or {0: prompt}).values(), settings.negative_prompt]:
+        check_prompt_fits(pipe, text)
 
     # 2. Configure the sampler and optional features
     configure_pipeline(pipe, settings, travel=schedule is not None)
@@ -131,9 +151,10 @@ def render(model: ModelSettings, generation: GenerationSettings, output: Path) -
     """
     check_generation_settings(generation)  # fail before minutes of model loading
     check_video_path(output)
-    started = time.perf_counter()
-    pipe = load_pipeline(model)
-    frames = generate(pipe, generation)
-    settings = {"model": model, "generation": generation}
-    device = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
-    return save_with_sidecar(frames, output, generation.fps, settings, started, **device)
+    with exclusive(output):  # a second process aimed at the same file is refused, not raced
+        started = time.perf_counter()
+        pipe = load_pipeline(model)
+        frames = generate(pipe, generation)
+        settings = {"model": model, "generation": generation}
+        device = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
+        return save_with_sidecar(frames, output, generation.fps, settings, started, **device)

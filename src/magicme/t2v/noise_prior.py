@@ -22,7 +22,7 @@ def validate_gamma(gamma: float) -> None:
     """gamma must lie in [0, 1): 1 makes every frame the same noise, so Sigma is singular."""
     if not 0.0 <= gamma < 1.0:
         raise ValueError(
-            f"gamma must be in [0, 1), got {gamma}: 0 gives independent frames, "
+            f"`gamma` must be in [0, 1), got {gamma}: 0 gives independent frames, "
             "larger values steadier video (the paper's best is 0.1; 0.2 already freezes motion)."
         )
 

@@ -16,7 +16,7 @@ import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, DDIMInverseScheduler, DDIMScheduler
 
 from magicme.errors import SettingError
-from magicme.identity.files import check_placeholders, lowercase_placeholders
+from magicme.identity.files import check_placeholders, check_prompt_fits, lowercase_placeholders
 from magicme.models.schedulers import make_scheduler
 from magicme.settings import VideoToVideoSettings
 from magicme.t2v.generate import loaded_identity_names
@@ -60,6 +60,7 @@ def make_denoiser(
     """
     check_strength(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
+    check_prompt_fits(pipe, lowercase_placeholders(settings.prompt))
     video_pipe = AnimateDiffVideoToVideoPipeline.from_pipe(pipe)
     video_pipe.set_progress_bar_config(desc=settings.stage, leave=False)
     if source_prompt is None:

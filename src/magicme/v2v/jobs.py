@@ -11,6 +11,7 @@ from pathlib import Path
 from diffusers import AnimateDiffPipeline
 
 from magicme.errors import SettingError
+from magicme.io.locks import exclusive
 from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path, fit_to_multiple_of_8, read_video
 from magicme.models.loading import load_pipeline
@@ -39,41 +40,44 @@ def load_denoiser(
 def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path, output: Path) -> Path:
     """Face VCD on the video at `source`, written to `output` with its sidecar."""
     check_video_path(output)
-    started, frames = time.perf_counter(), read_video(source)
-    denoise, noise = load_denoiser(model, settings)
-    detector = face_detector(settings.detector)
-    refined = refine_faces(
-        frames,
-        denoise,
-        noise.draw,
-        detector,
-        settings.crop_factor,
-        settings.guide_size,
-        settings.feather,
-        settings.largest_only,
-    )
-    sections = {"model": model, "refine_face": settings}
-    return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
+    with exclusive(output):
+        started, frames = time.perf_counter(), read_video(source)
+        denoise, noise = load_denoiser(model, settings)
+        detector = face_detector(settings.detector)
+        refined = refine_faces(
+            frames,
+            denoise,
+            noise.draw,
+            detector,
+            settings.crop_factor,
+            settings.guide_size,
+            settings.feather,
+            settings.largest_only,
+        )
+        sections = {"model": model, "refine_face": settings}
+        return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 
 
 def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path, output: Path) -> Path:
     """Tiled VCD on the video at `source`, written to `output` with its sidecar."""
     check_video_path(output)
-    started, frames = time.perf_counter(), read_video(source)
-    denoise, noise = load_denoiser(model, settings)
-    refined = tiled_vcd(frames, denoise, noise.draw, settings)
-    sections = {"model": model, "upscale": settings}
-    return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
+    with exclusive(output):
+        started, frames = time.perf_counter(), read_video(source)
+        denoise, noise = load_denoiser(model, settings)
+        refined = tiled_vcd(frames, denoise, noise.draw, settings)
+        sections = {"model": model, "upscale": settings}
+        return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 
 
 def edit_video(model: ModelSettings, settings: EditSettings, source: Path, output: Path) -> Path:
     """Identity editing of the video at `source` (SDEdit or DDIM inversion), written to `output`."""
     check_video_path(output)
-    started = time.perf_counter()
-    frames = fit_to_multiple_of_8(read_video(source), settings.max_side)
-    inversion = settings.method == "ddim-inversion"
-    denoise, noise = load_denoiser(model, settings, settings.source_prompt if inversion else None)
-    field = noise.draw(*frames.shape[:1], *frames.shape[-2:])
-    edited = denoise_in_windows(frames, denoise, field, settings.window, settings.window_overlap)
-    sections = {"model": model, "edit": settings}
-    return save_with_sidecar(edited, output, settings.fps, sections, started, source=str(source))
+    with exclusive(output):
+        started = time.perf_counter()
+        frames = fit_to_multiple_of_8(read_video(source), settings.max_side)
+        inversion = settings.method == "ddim-inversion"
+        denoise, noise = load_denoiser(model, settings, settings.source_prompt if inversion else None)
+        field = noise.draw(*frames.shape[:1], *frames.shape[-2:])
+        edited = denoise_in_windows(frames, denoise, field, settings.window, settings.window_overlap)
+        sections = {"model": model, "edit": settings}
+        return save_with_sidecar(edited, output, settings.fps, sections, started, source=str(source))
