@@ -34,6 +34,11 @@ def write_identity(path: Path, vectors: torch.Tensor, **metadata) -> str:
     return str(save_identity(Identity("eve", vectors, metadata=metadata), path))
 
 
+def identity_with_lora_carrying_code(folder: Path) -> str:
+    write_pickle_with_code(folder / "eve.lora.bin", {})
+    return write_identity(folder / "eve.safetensors", VECTORS, lora="eve.lora.bin")
+
+
 VECTORS = torch.randn(4, TEXT_WIDTH)
 # case -> (what to change in a generate command, given the folder for bad files; words the message must hold)
 CASES = {
@@ -63,6 +68,10 @@ CASES = {
     "identity whose LoRA path leaves its folder": (
         lambda d: {"--identity": write_identity(d / "eve.safetensors", VECTORS, lora="../../etc/passwd")},
         "in its own folder",
+    ),
+    "identity whose LoRA carries code": (
+        lambda d: {"--identity": identity_with_lora_carrying_code(d)},
+        "contains code",
     ),
     "identity too long for the prompt": (
         lambda d: {"--identity": write_identity(d / "eve.safetensors", torch.randn(80, TEXT_WIDTH))},

@@ -216,3 +216,70 @@ def test_a_sidecars_sections_paste_into_a_chain_and_the_old_names_still_work(tmp
         assert list(chain.parse_chain({"generate": {"prompt": "x"}}, "old.yaml")[3]) == ["generation"]
     with pytest.raises(ValueError, match="keep only `generation`"):
         chain.parse_chain({"generate": {}, "generation": {}}, "both.yaml")
+
+
+def test_kill_9_in_each_chain_stage_then_the_rerun_gives_the_uninterrupted_video(chain_config: Path) -> None:
+    """SIGKILL once inside each stage, in turn: every rerun continues, and the final video is the one
+    an uninterrupted chain makes, frame for frame."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = yaml.safe_load(chain_config.read_text())
+    straight = chain_config.with_name("straight.yaml")
+    straight.write_text(yaml.safe_dump(config | {"output_dir": str(chain_config.parent / "straight")}))
+    assert main(["run", str(straight)]) == 0
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    delays = random.Random(0)
+    for stage in ("training", "generation", "refine_face", "upscale"):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "magicme", "run", str(chain_config)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for line in process.stderr:
+            if f"magicme: {stage}: running" in line:
+                time.sleep(delays.uniform(0.0, 1.0))
+                process.send_signal(signal.SIGKILL)
+                break
+        assert process.wait() == -signal.SIGKILL, f"the chain finished before {stage} could be killed"
+    assert main(["run", str(chain_config)]) == 0
+    final, expected = Path(config["output_dir"]) / "upscale.mp4", chain_config.parent / "straight" / "upscale.mp4"
+    assert torch.equal(read_video(final), read_video(expected))
+    assert not [path for path in Path(config["output_dir"]).rglob("*") if "partial" in path.name]
+
+
+def test_a_full_disk_in_a_chain_stage_keeps_the_finished_stages(chain_config: Path) -> None:
+    """The upscale stage cannot write its video (as on a full disk): one line, exit 2, the earlier
+    stages kept; once there is room the rerun does only the upscale and gives the same video."""
+    import os
+    import subprocess
+    import sys
+
+    config = yaml.safe_load(chain_config.read_text())
+    straight = chain_config.with_name("straight.yaml")
+    straight.write_text(yaml.safe_dump(config | {"output_dir": str(chain_config.parent / "straight")}))
+    assert main(["run", str(straight)]) == 0
+    expected = chain_config.parent / "straight" / "upscale.mp4"
+    chain_config.write_text(yaml.safe_dump({key: value for key, value in config.items() if key != "upscale"}))
+    assert main(["run", str(chain_config)]) == 0  # the stages before the upscale, done with room to spare
+    chain_config.write_text(yaml.safe_dump(config))
+    limit = expected.stat().st_size // 2  # the upscale stage writes no other file this large
+    code = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as ENOSPC would
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from magicme.cli import main
+sys.exit(main(["run", {str(chain_config)!r}]))
+"""
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("magicme: error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "full" in errors[0], result.stderr[-2000:]
+    output_dir = Path(config["output_dir"])
+    assert (output_dir / "refine_face.done").is_file() and not (output_dir / "upscale.mp4").exists()
+    assert not [path for path in output_dir.rglob("*") if "partial" in path.name]
+    assert main(["run", str(chain_config)]) == 0
+    assert torch.equal(read_video(output_dir / "upscale.mp4"), read_video(expected))

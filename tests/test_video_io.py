@@ -66,3 +66,21 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path: Path, monkeypa
     with pytest.raises(ValueError, match="locked is not writable"):
         video.check_video_path(tmp_path / "locked" / "new" / "clip.mp4")
     video.check_video_path(tmp_path / "open" / "clip.mp4")  # a folder still to be made is fine
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from magicme.io.files import atomic_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left_by_kill = tmp_path / f".clip.{int(dead.stdout)}.partial.mp4"
+    left_by_kill.write_bytes(b"half a video")
+    live = tmp_path / f".clip.{os.getppid()}.partial.mp4"  # our parent: alive, maybe writing
+    live.write_bytes(b"being written")
+    with atomic_path(tmp_path / "clip.mp4") as partial:
+        Path(partial).write_bytes(b"video")
+    assert not left_by_kill.exists() and live.exists()
+    assert (tmp_path / "clip.mp4").read_bytes() == b"video"

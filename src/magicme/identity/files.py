@@ -173,6 +173,7 @@ def load_identity(spec: str | Path) -> Identity:
         identity.lora = path.parent / lora_file
         if not identity.lora.is_file():
             raise IdentityError(f"{path} was trained with a LoRA, expected as {identity.lora}; it is missing")
+        read_identity_file(identity.lora)  # refuses a LoRA that is unreadable or carries code, before any model loads
     if not PLACEHOLDER.fullmatch(identity.placeholder):
         raise IdentityError(f"{path}: identity name {identity.name!r} must be letters, digits, '_' or '-'")
     return identity

@@ -1,6 +1,7 @@
 """Files on disk: outputs written atomically (a crash or a full disk never leaves a half-written file),
 and PyTorch files read without ever running the code a pickle can carry."""
 
+import glob
 import json
 import os
 import pickle
@@ -23,6 +24,7 @@ def atomic_path(path: Path) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # one per writer: none interleave
     try:
         yield str(partial)
@@ -33,6 +35,28 @@ def atomic_path(path: Path) -> Iterator[str]:
         else:
             partial.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete the temporaries a killed writer (`kill -9`, power loss) left for `path`; a live writer's stay."""
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.*.partial{glob.escape(path.suffix)}"):
+        pid = stale.name[len(path.stem) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def load_plain_torch_file(path: Path) -> Any:
