@@ -111,6 +111,47 @@ def test_a_bad_input_is_one_line_and_exit_code_2(case: str, tiny_model, tmp_path
     assert not hasattr(Payload, "ran")
 
 
+def write_text(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def folder_with(path: Path, files: dict[str, str]) -> str:
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return str(path)
+
+
+# case -> (the command, given the folder for bad files and the tiny model; words the message must hold)
+COMMAND_CASES = {
+    "a video that is not one": (
+        lambda d, m: ["upscale", write_text(d / "clip.mp4", "garbage"), "--prompt", "x", *m],
+        "not a readable video",
+    ),
+    "a config that is not YAML": (lambda d, m: ["generate", "--config", write_text(d / "c.yaml", "a: [1")], "YAML"),
+    "a config value of the wrong type": (
+        lambda d, m: ["generate", "--config", write_text(d / "c.yaml", "generation: {num_frames: many}")],
+        "--num-frames must be a whole number",
+    ),
+    "a folder that is no diffusers model": (
+        lambda d, m: ["generate", "--base-model", folder_with(d / "sd", {"model_index.json": "{}"}), "--prompt", "x"],
+        "not a diffusers model folder",
+    ),
+    "an empty photo folder": (lambda d, m: ["train", folder_with(d / "photos", {}), "--name", "x"], "no usable photo"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMMAND_CASES))
+def test_bad_input_to_any_command_is_one_line_and_exit_code_2(case: str, tiny_model, tmp_path: Path, capsys) -> None:
+    command, words = COMMAND_CASES[case]
+    model = ["--base-model", str(tiny_model[0]), "--motion-adapter", str(tiny_model[1])]
+    capsys.readouterr()
+    code = main(command(tmp_path, model))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("magicme: error:")]
+    assert code == 2 and len(errors) == 1 and words in errors[0], errors
+
+
 def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, capsys) -> None:
     import magicme.cli
 

@@ -155,7 +155,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path} carries no magicme settings (was it written by magicme?)")
     else:
         text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
     return data

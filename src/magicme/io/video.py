@@ -157,8 +157,12 @@ def read_video(path: Path) -> torch.Tensor:
                 gif.seek(index)
                 frames.append(np.asarray(gif.convert("RGB")))
         return from_uint8(np.stack(frames))
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = reader.__next__()
-    width, height = meta["size"]
-    frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        width, height = reader.__next__()["size"]
+        frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+    except (OSError, RuntimeError, ValueError):  # ffmpeg's own report is pages long; the fault is the file
+        raise ValueError(f"{path} is not a readable video (truncated, or not a video?)") from None
+    if not frames:
+        raise ValueError(f"{path} holds no frames")
     return from_uint8(np.stack(frames))

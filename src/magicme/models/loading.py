@@ -76,7 +76,7 @@ def _hub_errors(source: str, what: str) -> Iterator[None]:
     """A hub id that cannot be fetched is the user's to fix: say how, not with a traceback."""
     try:
         yield
-    except OSError as error:
+    except (OSError, KeyError) as error:  # a folder whose model_index.json lacks a key raises KeyError
         if Path(source).expanduser().is_dir():
             raise ModelLoadError(f"{what} folder {source} is not a diffusers model folder: {error}") from None
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
