@@ -7,8 +7,8 @@ extended tokens), then filmed in a scene none of its photos shows, as `make demo
 Compared: the framing of the T2V prompt (medium or close up); Face VCD's strength; and,
 after Face VCD at the recipe's strength on the close-up clip, Lanczos alone against Tiled VCD at two
 strengths, with a prompt that names the person only or also the scene. Per setting: the
-mean lineup rank (where the instrument ranks the identity among the 20 held-out ones; 1:
-recognised, a clip with no face found counts as 20), how many identities rank 1, the share
+mean lineup rank (where the instrument ranks the identity among the 40 held-out ones; 1:
+recognised, a clip with no face found counts as 40), how many identities rank 1, the share
 of frames with a face found, and the share the scene classifier puts in the prompt's scene.
 Writes benchmarks/results-world-demo-chain.json and prints the Markdown table.
 """
@@ -33,11 +33,11 @@ from magicme.v2v.denoiser import make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
 from magicme.v2v.tiles import tiled_vcd, upscale_frames
 from magicme.world import scenes
-from magicme.world.accuracy import HELD_OUT, lineup_place
+from magicme.world.accuracy import lineup_place
 from magicme.world.demo import new_scene
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE
+from magicme.world.recipe import RECIPE, choosing_split
 
 HERE = Path(__file__).resolve().parent
 FACE_STRENGTHS = (0.4, 0.6)
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        identities = HELD_OUT[: args.identities]
+        identities = choosing_split(args.identities)
         results = {identity: measure_identity(identity, Path(work), args.training_steps) for identity in identities}
     minutes = write_record(args.output, started, identities=results)
     print(table(results))

@@ -6,7 +6,7 @@ No learning: each held-out identity is prompted by its traits in words ("a close
 a person with pale skin, ... on the snow"), at medium distance and close up, so the sweep
 measures the model's own drawing, not an ID module. Per guidance scale: the identity
 similarity of the frames' faces to the identity's photos, the share of frames with a face
-found, and the lineup rank (where the instrument ranks the identity among the 20 held-out
+found, and the lineup rank (where the instrument ranks the identity among the 40 held-out
 ones; 1: recognised, a clip with no face found counts as 20). The chosen scale is
 `magicme.world.recipe.RECIPE.guidance`. Writes benchmarks/results-world-guidance.json and prints
 the Markdown table.
@@ -26,10 +26,10 @@ from magicme.models.loading import load_pipeline
 from magicme.settings import ModelSettings
 from magicme.t2v.generate import generate
 from magicme.world import scenes
-from magicme.world.accuracy import HELD_OUT, lineup_place, photo_embeddings
+from magicme.world.accuracy import lineup_place, photo_embeddings
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE
+from magicme.world.recipe import RECIPE, choosing_split
 
 HERE = Path(__file__).resolve().parent
 SCALES = (2.0, 3.0, 5.0, 7.5)
@@ -64,12 +64,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=HERE / "results-world-guidance.json")
     args = parser.parse_args()
     started = time.perf_counter()
-    identities = HELD_OUT[: args.identities]
+    identities = choosing_split(args.identities)
     base, motion = world_model_paths()
     pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion)))
     results = {str(scale): measure(pipe, scale, identities) for scale in args.scales}
     minutes = write_record(args.output, started, scales=results)
-    print("| guidance | identity similarity | face found | lineup rank (of 20) |\n|---|---|---|---|")
+    print("| guidance | identity similarity | face found | lineup rank (of 40) |\n|---|---|---|---|")
     for scale, result in results.items():
         print(f"| {scale} | {result['identity']:.3f} | {result['face_found']:.0%} | {result['rank']:.1f} |")
     print(f"\n{len(identities)} identities x 2 distances per scale; {minutes:.1f} min")

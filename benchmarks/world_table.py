@@ -9,7 +9,7 @@ identity, and the same clips through the model's autoencoder (the most any gener
 - ID module: no identity (the prompt alone), the identity's traits in words (no learning),
   plain textual inversion (1 token, whole image loss) and VCD (4 extended tokens, masked
   loss): identity similarity, lineup rank (where the instrument ranks the identity among
-  the 20 held-out ones; 1: recognised, a clip with no face found counts as 20), prompt
+  the 20 held-out ones; 1: recognised, a clip with no face found counts as 40), prompt
   fidelity (the scene classifier agrees with the prompt) and background leakage (it picks
   the photos' scene instead);
 - the 3D noise prior's gamma: pixel flicker, motion (optical flow) and identity similarity;
@@ -46,7 +46,7 @@ from magicme.world import scenes
 from magicme.world.accuracy import lineup_place
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE
+from magicme.world.recipe import RECIPE, reporting_split
 
 CLAIMS = {"id": "ID module", "gamma": "noise prior gamma", "face": "Face VCD", "tiled": "Tiled VCD"}
 HERE = Path(__file__).resolve().parent
@@ -144,7 +144,14 @@ def measure_identity(identity: int, seeds: list[int], work: Path, cells: dict[st
             for distance in ("far", "medium"):  # the far away faces Face VCD is for, and the usual ones
                 frames = clips[distance] = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, distance), seed))
                 noise = noise_field_for(pipe, face).draw
-                refined = refine_faces(frames, face_denoiser, noise, detector, guide_size=face.guide_size)
+                refined = refine_faces(
+                    frames,
+                    face_denoiser,
+                    noise,
+                    detector,
+                    guide_size=face.guide_size,
+                    min_enlargement=face.min_enlargement,
+                )
                 record_identity(cells, f"face/{distance}, off", frames, identity, references)
                 record_identity(cells, f"face/{distance}, on", refined, identity, references)
             frames, upscale = clips["medium"], RECIPE.upscale(seed)
@@ -179,13 +186,13 @@ def table(cells: dict[str, list[float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--identities", type=int, default=4, help="held-out identities to learn")
+    parser.add_argument("--identities", type=int, default=4, help="identities of the report split to learn")
     parser.add_argument("--seeds", type=int, default=2, help="videos per identity and setting")
     parser.add_argument("--output", type=Path, default=HERE / "results-world.json")
     args = parser.parse_args()
     started, cells = time.perf_counter(), defaultdict(list)
     with tempfile.TemporaryDirectory() as work:
-        for identity in range(scenes.HELD_OUT_START, scenes.HELD_OUT_START + args.identities):
+        for identity in reporting_split(args.identities):
             measure_identity(identity, list(range(args.seeds)), Path(work), cells)
     minutes = write_record(args.output, started, cells=cells)
     print(table(cells))

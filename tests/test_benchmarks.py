@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 BENCHMARK = BENCHMARKS / "run.py"
 
@@ -38,7 +40,7 @@ def test_guidance_sweep_measures_each_scale_on_the_world_model(tmp_path: Path) -
     scales = json.loads(output.read_text())["scales"]
     assert list(scales) == ["3.0", "7.5"]
     for measured in scales.values():
-        assert 0 <= measured["face_found"] <= 1 and 1 <= measured["rank"] <= 20 and -1 <= measured["identity"] <= 1
+        assert 0 <= measured["face_found"] <= 1 and 1 <= measured["rank"] <= 40 and -1 <= measured["identity"] <= 1
 
 
 def test_demo_chain_benchmark_measures_every_setting_on_the_world_model(tmp_path: Path) -> None:
@@ -49,4 +51,22 @@ def test_demo_chain_benchmark_measures_every_setting_on_the_world_model(tmp_path
     rows = json.loads(output.read_text())["identities"]["1000"]
     assert len(rows) == 2 + 4 + 1 + 4  # framings, Face VCD strengths per framing, Lanczos, Tiled VCD settings
     for measured in rows.values():
-        assert 1 <= measured["rank"] <= 20 and 0 <= measured["face_found"] <= 1 and 0 <= measured["scene"] <= 1
+        assert 1 <= measured["rank"] <= 40 and 0 <= measured["face_found"] <= 1 and 0 <= measured["scene"] <= 1
+
+
+def test_refinement_benchmark_refuses_the_report_split_for_choosing_and_scores_every_stage(tmp_path: Path) -> None:
+    """Settings are chosen on identities 1000 to 1009 only; the report split is never chosen on."""
+    from magicme.errors import SettingError
+    from magicme.world.recipe import choosing_split
+
+    with pytest.raises(SettingError, match="chosen on at most 10 identities"):
+        choosing_split(11)
+    output = tmp_path / "refinement.json"
+    command = [sys.executable, str(BENCHMARKS / "world_refinement.py"), "--split", "report", "--identities", "1"]
+    command += ["--seeds", "2", "--training-steps", "5", "--output", str(output)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    rows = json.loads(output.read_text())["identities"]["1010"]
+    assert len(rows) == 2 * 3 + 2 and all(len(scores) == 2 for scores in rows.values())  # 2 framings x 3, 2 upscales
+    for scores in rows.values():
+        assert all(1 <= score["rank"] <= 40 and -1 <= score["identity"] <= 1 for score in scores)
+    assert "| close | Tiled VCD 2x |" in printed and "helps / hurts / neutral" in printed

@@ -8,6 +8,7 @@ import numpy as np
 
 from magicme.world import scenes
 from magicme.world.accuracy import (
+    HELD_OUT,
     boxes_in_empty_scenes,
     face_locator_ious,
     held_out_examples,
@@ -24,17 +25,17 @@ def test_scene_classifier_names_held_out_scenes() -> None:
 
 
 def test_face_locator_finds_held_out_faces_and_nothing_in_empty_scenes() -> None:
-    """Measured with the shipped weights: 99% of boxes overlap the truth by IoU 0.5 or more
+    """Measured with the shipped weights: 99.7% of boxes overlap the truth by IoU 0.5 or more
     (mean IoU 0.87) over far, medium and close shots; no box in 30 empty scenes."""
     assert np.mean(np.array(face_locator_ious(world_instruments())) >= 0.5) >= 0.9
     assert boxes_in_empty_scenes(world_instruments()) <= 1
 
 
 def test_identity_embedder_tells_held_out_identities_apart() -> None:
-    """Each held-out identity's photos are the reference; a new render should be nearest to its own (chance: 1/20)."""
+    """Each held-out identity's photos are the reference; a new render should be nearest to its own (chance: 1/40)."""
     assert (
         identity_top1(world_instruments()) >= 0.7
-    )  # measured: 0.87 (head 0.70, skin 0.99, hair 0.85, eyes 0.65, accessory 0.72 right)
+    )  # measured: 0.87 (head 0.56, skin 0.99, hair 0.83, eyes 0.72, accessory 0.65 right)
 
 
 def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() -> None:
@@ -43,4 +44,4 @@ def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() 
         assert lineup_rank(world_instruments().embed_faces(frames), identity) == 1
     nobody = world_instruments().embed_faces(np.stack([np.asarray(scenes.draw_scene("sky", 64, seed=0))] * 2))
     assert lineup_rank(nobody, 1004) is None
-    assert lineup_place(nobody, 1004) == 20  # the benchmarks' tables place a clip without a face last
+    assert lineup_place(nobody, 1004) == len(HELD_OUT)  # the benchmarks' tables place a clip without a face last

@@ -30,6 +30,7 @@ def test_identities_are_distinct_and_held_out_ones_are_new() -> None:
     assert len(set(base)) > 0.9 * BASE_IDENTITIES, "base identities should rarely look alike"
     held_out = [character(HELD_OUT_START + index).traits for index in range(50)]
     assert not set(held_out) & set(base), "a held-out identity never repeats a base identity's traits"
+    assert len(set(held_out)) == len(held_out), "no two held-out identities are twins: a lineup tells them apart"
 
 
 def test_masks_and_face_boxes_are_ground_truth() -> None:

@@ -260,6 +260,10 @@ class FaceSettings(VideoToVideoSettings):
     guide_size: int = _help("the crop is denoised at this size (a multiple of 8)", default=512)
     feather: int = _help("blend width in pixels at the crop's edge", default=5)
     largest_only: bool = _help("refine only the largest face (default: every face)", default=False)
+    min_enlargement: float = _help(
+        "leave faces whose crop is enlarged less than this to reach the guide size (1: refine every face)",
+        default=1.2,
+    )
 
 
 @dataclass
@@ -269,7 +273,9 @@ class UpscaleSettings(VideoToVideoSettings):
     stage: ClassVar[str] = "Tiled VCD"
 
     prompt: str = _help("identity prompt, e.g. 'a photo of <alice> woman on the beach'", default="")
-    strength: float = _help("how far to re-noise each tile (reference: 0.2)", default=0.2)
+    strength: float = _help(
+        "how far to re-noise each tile (reference: 0.2; 0: upscale and sharpen only, no model)", default=0.2
+    )
     factor: float = _help("upscale factor", default=2.0)
     upscaler_model: str | None = _help("an ESRGAN-family model file (needs spandrel); default Lanczos", default=None)
     tile: int = _help("each tile's share of the frame in pixels; a 2x 512 px clip takes 2 x 2 tiles", default=512)

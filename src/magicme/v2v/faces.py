@@ -74,6 +74,7 @@ def refine_faces(
     guide_size: int = 512,
     feather: int = 5,
     largest_only: bool = False,
+    min_enlargement: float = 1.0,
 ) -> Frames:
     """Face VCD over a clip; a clip with no face comes back unchanged, with a warning.
 
@@ -87,6 +88,9 @@ def refine_faces(
         guide_size: the side, in pixels, the crop is denoised at (a multiple of 8).
         feather: blend width in pixels at the crop's edge.
         largest_only: refine only the largest face.
+        min_enlargement: leave a face whose crop would be enlarged less than this to reach `guide_size`:
+            Face VCD adds detail by redrawing a small face large; a face already at the guide size
+            gains no resolution, and redrawing it only drifts from the clip.
 
     Returns:
         frames of the input's shape; nothing outside the face regions changes.
@@ -99,6 +103,11 @@ def refine_faces(
     refined = frames.clone()
     for track in tqdm(tracks[:1] if largest_only else tracks, desc="Face VCD faces", leave=False):
         x, y, side = crop_region(fill_missing(track), crop_factor, height, width)
+        if guide_size / side < min_enlargement:
+            log.info(
+                "Face VCD: a face whose %d px crop is near the guide size (%d px) is left as it is", side, guide_size
+            )
+            continue
         crop = refined[..., y : y + side, x : x + side]
         guide = denoise(resize_frames(crop, (guide_size, guide_size)), noise(len(frames), guide_size, guide_size))
         face = resize_frames(guide, (side, side))

@@ -21,7 +21,7 @@ from magicme.t2v.noise_prior import NoiseField
 from magicme.types import Denoiser
 from magicme.v2v.denoiser import check_strength, make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
-from magicme.v2v.tiles import tiled_vcd
+from magicme.v2v.tiles import sharpen, tiled_vcd, upscale_frames
 from magicme.v2v.windows import denoise_in_windows
 
 
@@ -53,18 +53,22 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
             settings.guide_size,
             settings.feather,
             settings.largest_only,
+            settings.min_enlargement,
         )
         sections = {"model": model, "refine_face": settings}
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 
 
 def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path, output: Path) -> Path:
-    """Tiled VCD on the video at `source`, written to `output` with its sidecar."""
+    """Tiled VCD on the video at `source` (strength 0: upscale and sharpen only), written to `output`."""
     check_video_path(output)
     with exclusive(output):
         started, frames = time.perf_counter(), read_video(source)
-        denoise, noise = load_denoiser(model, settings)
-        refined = tiled_vcd(frames, denoise, noise.draw, settings)
+        if settings.strength == 0:  # upscale and sharpen only: no model loads
+            refined = sharpen(upscale_frames(frames, settings.factor, settings.upscaler_model), settings.sharpen)
+        else:
+            denoise, noise = load_denoiser(model, settings)
+            refined = tiled_vcd(frames, denoise, noise.draw, settings)
         sections = {"model": model, "upscale": settings}
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 

@@ -15,7 +15,7 @@ from magicme.io.video import to_uint8
 from magicme.world import scenes
 from magicme.world.instruments import SCENE_NAMES, TRAITS, Examples, Instruments, render_examples, world_instruments
 
-HELD_OUT = list(range(scenes.HELD_OUT_START, scenes.HELD_OUT_START + 20))
+HELD_OUT = [*scenes.CHOOSE_SPLIT, *scenes.REPORT_SPLIT]  # the lineup: every held-out identity of both splits
 
 
 def held_out_examples() -> tuple[Examples, list[np.ndarray]]:
@@ -39,7 +39,8 @@ def trait_accuracies(instruments: Instruments, examples: Examples) -> dict[str, 
 
 
 def face_locator_ious(instruments: Instruments) -> list[float]:
-    """Per far, medium and close shot (180), the best IoU of a found box with the true face (0: none found)."""
+    """Per far, medium and close shot of each held-out identity, the best IoU of a found box with the
+    true face (0: none found)."""
     shots = [
         scenes.render(scenes.character(i), scene, 64, scale, (0.1, 0), seed=i)
         for i in HELD_OUT
@@ -61,8 +62,8 @@ def photo_embeddings(instruments: Instruments, identity: int) -> torch.Tensor:
 
 
 def lineup_rank(faces: torch.Tensor | None, identity: int) -> int | None:
-    """Where the identity instrument ranks `identity` among the 20 held-out ones (1: recognised,
-    10.5 on average by chance), by the mean similarity of a clip's face embeddings
+    """Where the identity instrument ranks `identity` among the 40 held-out ones (1: recognised,
+    20.5 on average by chance), by the mean similarity of a clip's face embeddings
     (`Instruments.embed_faces`, which callers already have) to each one's photos; None when no
     frame shows a face."""
     if faces is None:

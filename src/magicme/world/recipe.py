@@ -8,6 +8,7 @@ beside it; README: the miniature world). The demo, `benchmarks/world_table.py`,
 from dataclasses import dataclass
 from pathlib import Path
 
+from magicme.errors import SettingError
 from magicme.settings import FaceSettings, GenerationSettings, TrainingSettings, UpscaleSettings
 from magicme.world import scenes
 from magicme.world.model import SIZE, world_model_paths
@@ -18,9 +19,6 @@ class WorldRecipe:
     """How an identity is learned, filmed and refined on the world model."""
 
     name: str = "hero"  # the learned identity, used in prompts as <hero>
-    # Held out, and photographed the way a user should: four of its five photos show the face
-    # close or at medium range (README: how the demo was chosen).
-    demo_identity: int = scenes.HELD_OUT_START + 3
     num_tokens: int = 4
     masks: str = "files"  # the world's ground-truth subject masks
     training_steps: int = 300
@@ -31,10 +29,13 @@ class WorldRecipe:
     guidance: float = 7.5
     # Close up: learned identities are recognised best there (benchmarks/world_demo_chain.py).
     framing: str = "close"
-    # Face VCD at 0.6 redraws faces that the instrument then ranks lower, at 0.4 it keeps them;
-    # Tiled VCD at 0.2 loses more faces and more of the scene than at 0.1 (world_demo_chain.py).
+    # Face VCD at 0.6 redraws faces that the instrument then ranks lower, at 0.4 it keeps them
+    # (world_demo_chain.py); faces it would not enlarge are left (FaceSettings.min_enlargement).
     face_strength: float = 0.4
-    tile_strength: float = 0.1
+    tile_strength: float = 0.1  # Tiled VCD's strength wherever it runs (world_demo_chain.py)
+    # Tiled VCD loses identity against Lanczos alone on the choose split, so the world's chain
+    # upscales with Lanczos and sharpening only (benchmarks/world_refinement.py --split choose).
+    tiled_vcd_in_chain: bool = False
     # Tiled VCD windows (a tile and its overlap) are the size the model was trained at.
     tile_overlap: int = 16
     tile: int = SIZE - 16
@@ -50,6 +51,12 @@ class WorldRecipe:
         """The T2V prompt: the identity (or `token`, e.g. 'a' for nobody learned) in `scene`."""
         who = f"a <{self.name}>" if token is None else token
         return f"{scenes.DISTANCES[distance or self.framing][0]} {who} person {scenes.where(scene)}"
+
+    @property
+    def demo_identity(self) -> int:
+        """The first identity of the report split photographed the way a user should: at most one of
+        its five photos is taken from far away (a rule on the photos, not on any result)."""
+        return next(i for i in scenes.REPORT_SPLIT if [d for _, d, _ in scenes.photo_plan(i)].count("far") <= 1)
 
     def training(self, photos: Path, seed: int = 0, **changes: object) -> TrainingSettings:
         """The ID module's settings for the world's photos of an identity."""
@@ -85,8 +92,31 @@ class WorldRecipe:
         values |= {"strength": self.tile_strength, "sharpen": self.sharpen}
         return UpscaleSettings(**(values | self._sampling() | {"seed": seed} | changes))
 
+    def chain_upscale(self, seed: int = 0) -> UpscaleSettings:
+        """The chain's 2x upscale: Tiled VCD, or Lanczos and sharpening only (strength 0) while it does not help."""
+        return self.upscale(seed, strength=self.tile_strength if self.tiled_vcd_in_chain else 0.0)
+
     def _sampling(self) -> dict[str, object]:
         return {"num_inference_steps": self.inference_steps, "guidance_scale": self.guidance}
 
 
 RECIPE = WorldRecipe()
+
+
+def choosing_split(count: int) -> tuple[int, ...]:
+    """The first `count` identities of the split settings are chosen on; asking for more is refused,
+    because choosing on the report split would make its figures show tuning, not the method."""
+    if not 1 <= count <= len(scenes.CHOOSE_SPLIT):
+        raise SettingError(
+            "identities",
+            f"settings are chosen on at most {len(scenes.CHOOSE_SPLIT)} identities "
+            f"({scenes.CHOOSE_SPLIT[0]} to {scenes.CHOOSE_SPLIT[-1]}), got {count}",
+        )
+    return scenes.CHOOSE_SPLIT[:count]
+
+
+def reporting_split(count: int) -> tuple[int, ...]:
+    """The first `count` identities of the split every table and the demo report on."""
+    if not 1 <= count <= len(scenes.REPORT_SPLIT):
+        raise SettingError("identities", f"the report split has {len(scenes.REPORT_SPLIT)} identities, got {count}")
+    return scenes.REPORT_SPLIT[:count]
