@@ -99,3 +99,15 @@ def test_face_detector_choices_come_from_the_registry() -> None:
     field = next(f for f in dataclasses.fields(FaceSettings) if f.name == "detector")
     assert field.metadata["choices"] == registry.face_detector_names()
     assert {"opencv", "world"} <= set(registry.face_detector_names()), "the world plug-in registers its locator"
+
+
+def test_a_face_the_crop_would_not_enlarge_is_left_unless_every_face_is_asked_for() -> None:
+    frames = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    close_up, small = (8, 8, 40, 40), (24, 24, 8, 8)  # crops of 64 and 24 px for a 64 px guide
+    for box, kept in ((close_up, True), (small, False)):
+        refined = refine_faces(
+            frames, lambda crop, noise: 1 - crop, NOISE, lambda frame, b=box: [b], guide_size=64, min_enlargement=1.2
+        )
+        assert torch.equal(refined, frames) == kept
+    every = refine_faces(frames, lambda crop, noise: 1 - crop, NOISE, lambda frame: [close_up], guide_size=64)
+    assert not torch.equal(every, frames)

@@ -90,7 +90,7 @@ def refine_faces(
         largest_only: refine only the largest face.
         min_enlargement: leave a face whose crop would be enlarged less than this to reach `guide_size`:
             Face VCD adds detail by redrawing a small face large; a face already at the guide size
-            gains no resolution, and redrawing it only drifts from the clip.
+            gains no resolution, and redrawing it only drifts from the clip. 1 or less: refine every face.
 
     Returns:
         frames of the input's shape; nothing outside the face regions changes.
@@ -103,7 +103,7 @@ def refine_faces(
     refined = frames.clone()
     for track in tqdm(tracks[:1] if largest_only else tracks, desc="Face VCD faces", leave=False):
         x, y, side = crop_region(fill_missing(track), crop_factor, height, width)
-        if guide_size / side < min_enlargement:
+        if min_enlargement > 1 and guide_size / side < min_enlargement:
             log.info(
                 "Face VCD: a face whose %d px crop is near the guide size (%d px) is left as it is", side, guide_size
             )
