@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from record import write_record
-from world_table import learn
+from world_table import identity_scores, learn
 
-from magicme.eval.metrics import similarity_to_references
 from magicme.io.video import to_uint8
 from magicme.models.loading import load_pipeline
 from magicme.registry import face_detector
@@ -36,7 +35,7 @@ from magicme.settings import ModelSettings
 from magicme.t2v.generate import generate
 from magicme.v2v.denoiser import make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
-from magicme.v2v.tiles import sharpen, tiled_vcd, upscale_frames
+from magicme.v2v.tiles import tiled_vcd, upscale_and_sharpen
 from magicme.world import scenes
 from magicme.world.accuracy import lineup_place
 from magicme.world.demo import new_scene
@@ -51,8 +50,8 @@ BASELINES = {"Face VCD": "T2V VCD", "Face VCD, every face": "T2V VCD", "Tiled VC
 def score(frames: torch.Tensor, identity: int, references: torch.Tensor) -> dict[str, float]:
     """A clip's identity similarity (mean over frames with a face; 0 with none) and lineup rank."""
     faces = world_instruments().embed_faces(to_uint8(frames))
-    similarity = 0.0 if faces is None else similarity_to_references(faces, references).mean().item()
-    return {"identity": similarity, "rank": lineup_place(faces, identity)}
+    similarities = identity_scores(faces, references)
+    return {"identity": statistics.mean(similarities) if similarities else 0.0, "rank": lineup_place(faces, identity)}
 
 
 def measure_identity(
@@ -84,7 +83,7 @@ def measure_identity(
             after_face[framing] = refined["Face VCD"]
         chosen = after_face["close"]  # the close-up clip after the recipe's Face VCD, as in the demo
         upscale = RECIPE.upscale(seed, strength=RECIPE.tile_strength or 0.1)
-        lanczos = sharpen(upscale_frames(chosen, upscale.factor), upscale.sharpen)
+        lanczos = upscale_and_sharpen(chosen, upscale)
         tiled = tiled_vcd(chosen, make_denoiser(pipe, upscale), noise_field_for(pipe, upscale).draw, upscale)
         rows["close | Lanczos 2x"].append(score(lanczos, identity, references))
         rows["close | Tiled VCD 2x"].append(score(tiled, identity, references))

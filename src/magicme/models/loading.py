@@ -79,6 +79,8 @@ def _hub_errors(source: str, what: str) -> Iterator[None]:
     except (OSError, KeyError) as error:  # a folder whose model_index.json lacks a key raises KeyError
         if Path(source).expanduser().is_dir():
             raise ModelLoadError(f"{what} folder {source} is not a diffusers model folder: {error}") from None
+        if isinstance(error, KeyError):  # not a folder's fault: a bug, not a missing download
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         fix = (
             "the hub is off (HF_HUB_OFFLINE is set): fetch it once with network access "

@@ -21,7 +21,7 @@ from magicme.t2v.noise_prior import NoiseField
 from magicme.types import Denoiser
 from magicme.v2v.denoiser import check_strength, make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
-from magicme.v2v.tiles import sharpen, tiled_vcd, upscale_frames
+from magicme.v2v.tiles import tiled_vcd, upscale_and_sharpen
 from magicme.v2v.windows import denoise_in_windows
 
 
@@ -65,7 +65,7 @@ def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path,
     with exclusive(output):
         started, frames = time.perf_counter(), read_video(source)
         if settings.strength == 0:  # upscale and sharpen only: no model loads
-            refined = sharpen(upscale_frames(frames, settings.factor, settings.upscaler_model), settings.sharpen)
+            refined = upscale_and_sharpen(frames, settings)
         else:
             denoise, noise = load_denoiser(model, settings)
             refined = tiled_vcd(frames, denoise, noise.draw, settings)

@@ -96,6 +96,11 @@ def tiled_vcd(frames: Frames, denoise: Denoiser, noise: NoiseSource, settings: U
     return sharpen(denoise_tiled(upscaled, denoise, field, settings.tile, settings.overlap), settings.sharpen)
 
 
+def upscale_and_sharpen(frames: Frames, settings: UpscaleSettings) -> Frames:
+    """The upscale without Tiled VCD (strength 0, and the baseline Tiled VCD is measured against)."""
+    return sharpen(upscale_frames(frames, settings.factor, settings.upscaler_model), settings.sharpen)
+
+
 def upscale_frames(frames: torch.Tensor, factor: float, model_path: str | None = None) -> torch.Tensor:
     """Lanczos by default; an ESRGAN-family model file through spandrel when one is given."""
     if model_path:
