@@ -1,9 +1,10 @@
 """How the world benchmarks save what they measured: the command, the minutes it took, the results."""
 
-import json
 import sys
 import time
 from pathlib import Path
+
+from magicme.io.files import write_json
 
 
 def write_record(output: Path, started: float, **results: object) -> float:
@@ -11,5 +12,5 @@ def write_record(output: Path, started: float, **results: object) -> float:
     minutes = (time.perf_counter() - started) / 60
     command = "python benchmarks/" + Path(sys.argv[0]).name
     record = {"command": command, "minutes": round(minutes, 1), **results}
-    output.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(record, output)
     return minutes

@@ -2,6 +2,7 @@
 
     python benchmarks/world_refinement.py                      # report split, 2 seeds: about 70 min
     python benchmarks/world_refinement.py --split choose       # where the recipe's settings are chosen
+    python benchmarks/world_refinement.py --resume             # measure only what the results file lacks
 
 Each identity is learned the demo's way (five varied photos, the recipe's ID module), then
 filmed in a scene none of its photos shows, close up and at medium range, once per seed.
@@ -17,6 +18,7 @@ benchmarks/results-world-refinement-SPLIT.json and prints the Markdown tables.
 
 import argparse
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -120,6 +122,16 @@ def tables(results: dict[int, dict[str, list[dict[str, float]]]]) -> str:
     return "\n".join(lines)
 
 
+def earlier_results(output: Path, split: str, recipe: dict) -> tuple[dict[int, dict], float]:
+    """What an earlier run of the same split and recipe already measured, and its minutes."""
+    if not output.exists():
+        return {}, 0.0
+    record = json.loads(output.read_text())
+    if record.get("split") != split or record.get("recipe") != recipe:
+        raise SystemExit(f"{output} was measured with another split or recipe; move it aside to start afresh")
+    return {int(identity): scores for identity, scores in record["identities"].items()}, record["minutes"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=("report", "choose"), default="report")
@@ -127,18 +139,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="clips per identity and framing")
     parser.add_argument("--training-steps", type=int, default=RECIPE.training_steps, help="ID module steps")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--resume", action="store_true", help="keep the identities the output already holds")
     args = parser.parse_args()
     split = {"report": (reporting_split, scenes.REPORT_SPLIT), "choose": (choosing_split, scenes.CHOOSE_SPLIT)}
     pick, whole = split[args.split]
     identities = pick(args.identities or len(whole))
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as work:
-        results = {}
-        for identity in identities:
-            results[identity] = measure_identity(identity, list(range(args.seeds)), Path(work), args.training_steps)
-            print(f"identity {identity} done ({time.perf_counter() - started:.0f} s)", flush=True)
     output = args.output or HERE / f"results-world-refinement-{args.split}.json"
-    recipe = dataclasses.asdict(RECIPE)
+    recipe = json.loads(json.dumps(dataclasses.asdict(RECIPE)))  # as the results file holds it
+    results, earlier_minutes = earlier_results(output, args.split, recipe) if args.resume else ({}, 0.0)
+    started = time.perf_counter() - 60 * earlier_minutes
+    with tempfile.TemporaryDirectory() as work:
+        for identity in identities:
+            if identity in results:
+                continue
+            results[identity] = measure_identity(identity, list(range(args.seeds)), Path(work), args.training_steps)
+            minutes = write_record(output, started, split=args.split, recipe=recipe, identities=results)
+            print(f"identity {identity} done ({minutes:.1f} min)", flush=True)
+    results = {identity: results[identity] for identity in identities}
     minutes = write_record(output, started, split=args.split, recipe=recipe, identities=results)
     print(tables(results))
     print(f"\n{len(identities)} identities of the {args.split} split x {args.seeds} seeds; {minutes:.1f} min")

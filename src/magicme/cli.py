@@ -101,6 +101,14 @@ sections are named as in sidecars, so a sidecar's section can be pasted in):
   refine_face: {prompt: "close up photo of <alice> woman, detailed face"}
   upscale: {prompt: "a photo of <alice> woman walking on the beach"}
 """
+STUDIO_EXAMPLES = """\
+examples:
+  magicme studio                                   # http://127.0.0.1:7860, workspace ./studio
+  magicme studio --workspace ~/magicme --port 8000
+  # on a GPU server: keep it on 127.0.0.1 and forward the port from your machine
+  ssh -L 7860:127.0.0.1:7860 gpu-server   # then open http://127.0.0.1:7860 locally
+  magicme studio --host 0.0.0.0 --auth alice:a-long-password   # reachable by others: always with --auth
+"""
 COMMANDS = {
     "generate": (
         "render a video of learned identities from a prompt (T2V VCD)",
@@ -141,6 +149,11 @@ COMMANDS = {
         "convert an identity file between the layouts of magicme, A1111/ComfyUI and diffusers",
         "Read an identity file in any layout magicme knows and write it in the layout OUTPUT's suffix names.",
         CONVERT_EXAMPLES,
+    ),
+    "studio": (
+        "the whole workflow in a web page: photos, training, videos, refinement (needs magicme[studio])",
+        "Serve magicme studio, a local web app on a workspace folder; it binds 127.0.0.1 unless told otherwise.",
+        STUDIO_EXAMPLES,
     ),
 }
 
@@ -217,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if command == "convert":
             add_convert_arguments(sub)
+            continue
+        if command == "studio":
+            add_studio_arguments(sub)
             continue
         if command in VIDEO_COMMANDS:
             sub.add_argument("input", type=Path, help="the video: .mp4, .gif or a folder of PNG frames")
@@ -350,6 +366,29 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"identity: {convert_identity(args.source, args.output, args.layout, args.class_word)}")
 
 
+def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--workspace", type=Path, default=Path("studio"), help="folder for identities and renders")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this login (use it whenever --host is public)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+
+
+def run_studio(args: argparse.Namespace) -> None:
+    from magicme.studio import prepare_environment
+
+    prepare_environment(args.workspace)
+    try:
+        from magicme.studio.app import serve
+    except ImportError as error:
+        raise ValueError(f"the studio needs {error.name or 'gradio'}: pip install 'magicme[studio]'") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.auth:
+        print(
+            f"magicme: warning: the studio on {args.host} is open to anyone who reaches it; add --auth", file=sys.stderr
+        )
+    serve(args.workspace, args.host, args.port, args.auth, args.share)
+
+
 def run_chain_command(args: argparse.Namespace) -> None:
     from magicme.chain import run_chain
 
@@ -384,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("MAGICME_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
     commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
-    commands["convert"] = run_convert
+    commands |= {"convert": run_convert, "studio": run_studio}
     commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
     commands |= {name: command.run for name, command in registry.commands().items()}
     try:

@@ -104,7 +104,14 @@ def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
             options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
             expected = " or ".join(map(_type_name, options))
             raise ValueError(f"{source}: `{name}` must be {expected}, got {value!r} ({_type_name(type(value))})")
+        choices = _field_choices(cls).get(name)
+        if choices and value not in choices:
+            raise ValueError(f"{source}: `{name}` must be one of {', '.join(choices)}; got {value!r}")
     return cls(**values)
+
+
+def _field_choices(cls: type) -> dict[str, tuple[str, ...]]:
+    return {spec.name: spec.metadata.get("choices") for spec in dataclasses.fields(cls)}
 
 
 def _field_names(cls: type) -> set[str]:

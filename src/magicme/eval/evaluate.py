@@ -70,6 +70,8 @@ class Evaluator:
         self._references: dict[Path, dict[str, Any]] = {}
 
     def references(self, folder: Path) -> dict[str, Any]:
+        if not (self.clip_images or self.dino or self.face):  # motion scores only: no photo is compared
+            return {"clip": None, "dino": None, "faces": None}
         if folder not in self._references:
             images = [np.asarray(photo.image) for photo in load_photos(folder, size=64)]
             faces = [face for face in map(self.face, images) if face is not None] if self.face else []

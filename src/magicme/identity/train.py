@@ -44,6 +44,7 @@ CAPTION = "photo of a {tokens} {class_word}"
 LORA_PREFIX = "lora."
 GENERIC_INIT_WORDS = ("face", "person", "photo")
 ROWS = "identity_rows"
+LOSS_LOG = "loss.csv"  # step,loss per line in the run folder
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Settings a resumed run may change: they decide how long it trains and what it writes, not what it learns.
 FREE_ON_RESUME = {"resume", "steps", "output_dir", "checkpoint_every", "validation_every", "validation_prompts"}
@@ -392,6 +393,7 @@ def learn_identity(settings: TrainingSettings) -> Path:
     # 4. The training loop: Ctrl-C finishes the step, then saves a checkpoint that resuming continues from
     main = accelerator.is_main_process
     progress = tqdm(total=settings.steps, initial=trainer.step_count, desc="learning identity", disable=not main)
+    losses = (run_dir / LOSS_LOG).open("a", buffering=1, encoding="utf-8")
     try:
         with stop_between_steps() as stop_requested:
             while trainer.step_count < settings.steps:
@@ -399,6 +401,8 @@ def learn_identity(settings: TrainingSettings) -> Path:
                 progress.update()
                 progress.set_postfix(loss=f"{loss:.4f}")
                 step = trainer.step_count
+                if main:
+                    losses.write(f"{step},{loss:.6f}\n")
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
                     save()
                 if settings.validation_every and step % settings.validation_every == 0 and main:
@@ -414,6 +418,7 @@ def learn_identity(settings: TrainingSettings) -> Path:
         raise
     finally:
         progress.close()
+        losses.close()
 
     # 5. Identity files: magicme's (read by diffusers, A1111 and ComfyUI too) with its LoRA, and the A1111 .pt
     identity_path = trainer.save(run_dir)

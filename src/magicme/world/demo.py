@@ -19,7 +19,8 @@ from PIL import Image
 
 from magicme.chain import run_chain
 from magicme.eval.evaluate import Entry, Evaluator, format_table
-from magicme.io.files import atomic_path, write_json
+from magicme.io.files import write_json
+from magicme.io.sheets import image_grid
 from magicme.io.video import read_video, to_uint8
 from magicme.settings import EvalSettings
 from magicme.world import scenes
@@ -84,13 +85,7 @@ def contact_sheet(output_dir: Path, photos: Path, path: Path, thumb: int = 96) -
     """Rows: the identity's photos, then every other frame of each stage's video."""
     rows = [[np.asarray(Image.open(p)) for p in sorted(photos.glob("photo-?.png"))]]
     rows += [list(to_uint8(read_video(output_dir / f"{stage}.mp4")))[::2] for stage in STAGES]
-    sheet = Image.new("RGB", (thumb * max(map(len, rows)), thumb * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, image in enumerate(row):
-            sheet.paste(Image.fromarray(image).resize((thumb, thumb), Image.Resampling.NEAREST), (x * thumb, y * thumb))
-    with atomic_path(path) as partial:
-        sheet.save(partial, format="PNG")
-    return path
+    return image_grid(rows, path, thumb)
 
 
 def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | None = None) -> Path:

@@ -1,11 +1,13 @@
 """The miniature world as a magicme plug-in (entry point `magicme.plugins: world`).
 
-It adds `--detector world` (Face VCD), `--face-model world` (eval) and `magicme demo`.
+It adds `--detector world` (Face VCD), `--face-model world` (eval), `magicme demo` and the
+studio's default model (offline, CPU).
 Registering imports nothing heavy: each factory loads the world's instruments or demo
 only when used.
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from magicme import registry
@@ -43,8 +45,30 @@ def run_demo_command(args: argparse.Namespace) -> None:
     )
 
 
+def world_preset() -> registry.ModelPreset:
+    """The world model with the recipe's settings: what the studio opens with, offline on a CPU."""
+    from magicme.world.model import world_model_paths
+    from magicme.world.recipe import RECIPE
+
+    def values(settings: object, *chosen_per_job: str) -> dict:
+        return {k: v for k, v in dataclasses.asdict(settings).items() if k not in chosen_per_job}
+
+    base, motion = world_model_paths()
+    training = RECIPE.training(Path("."), validation_every=100)
+    return registry.ModelPreset(
+        label="the miniature world (built in: offline, CPU, 64 px)",
+        model={"base_model": str(base), "motion_adapter": str(motion), "device": "cpu"},
+        training=values(training, "photos", "name", "output_dir") | {"class_word": "person"},
+        generation=values(RECIPE.generation(""), "prompt", "seed"),
+        refine_face=values(RECIPE.face(), "prompt", "seed"),
+        upscale=values(RECIPE.chain_upscale(), "prompt", "seed"),  # Lanczos while Tiled VCD does not help
+        face_model="world",
+    )
+
+
 def register() -> None:
     registry.add_face_detector("world", world_face_detector)
     registry.add_face_embedder("world", world_face_embedder)
     demo = "learn a held-out identity of the miniature world and film it (trained model, offline, CPU)"
     registry.add_command("demo", registry.Command(demo, add_demo_arguments, run_demo_command))
+    registry.add_model_preset("world", world_preset)
