@@ -22,6 +22,14 @@ def test_benchmark_script_runs_on_the_tiny_model(tmp_path: Path) -> None:
     assert results["command"] == "python benchmarks/run.py --size tiny"
 
 
+def test_chain_loading_benchmark_loads_once_when_shared_and_per_stage_when_not(tmp_path: Path) -> None:
+    output = tmp_path / "chain.json"
+    command = [sys.executable, str(BENCHMARKS / "chain_loading.py"), "--size", "tiny", "--output", str(output)]
+    subprocess.run(command, check=True, capture_output=True)
+    results = json.loads(output.read_text())["results"]
+    assert results["per_stage"]["loads"] == 3 and results["shared"]["loads"] == 1
+
+
 def test_flags_benchmark_loads_each_setting_through_magicme_in_its_own_process(tmp_path: Path) -> None:
     output = tmp_path / "flags.json"
     command = [sys.executable, str(BENCHMARKS / "flags.py"), "--size", "tiny", "--output", str(output)]

@@ -6,10 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from magicme.io.video import read_video
+from magicme.models import loading
 from magicme.models.loading import ModelLoadError, check_sd15_checkpoint, load_pipeline
 from magicme.settings import ModelSettings
 from magicme.t2v.generate import generate
 from magicme.t2v.noise_prior import sample_noise_prior
+from magicme.testing.tiny import TEXT_WIDTH
 from tests.conftest import quick_settings, record_unet_calls
 
 
@@ -209,8 +212,6 @@ def original_motion_layout(adapter) -> dict[str, torch.Tensor]:
 def test_original_motion_module_files_load_with_the_right_config(monkeypatch, tmp_path: Path, mid_block: bool) -> None:
     from diffusers import MotionAdapter
 
-    from magicme.models import loading
-
     torch.manual_seed(0)
     adapter = MotionAdapter(
         block_out_channels=(16, 32),
@@ -272,3 +273,37 @@ def test_an_uncached_hub_model_while_offline_says_how_to_fix_it(monkeypatch, cap
     error = capsys.readouterr().err
     assert "base model nobody/no-such-model could not be loaded and is not in the local cache" in error
     assert "huggingface-cli download nobody/no-such-model" in error
+
+
+def test_chain_stages_share_one_load_and_a_changed_identity_loads_again(
+    tiny_model, identity_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from magicme.chain import run_chain
+    from magicme.identity.files import Identity, save_identity
+
+    loads = []
+    real_load = loading.load_pipeline
+    monkeypatch.setattr(loading, "load_pipeline", lambda settings: loads.append(settings) or real_load(settings))
+    monkeypatch.setattr(loading, "_shared", {})
+    identity = tmp_path / "alice.safetensors"
+    identity.write_bytes(identity_file.read_bytes())
+    base, motion = tiny_model
+    stage = {"prompt": "a photo of <alice> woman", "num_inference_steps": 2}
+    config = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"base_model": str(base), "motion_adapter": str(motion), "identities": [str(identity)]},
+        "generation": dataclasses.asdict(quick_settings(prompt="a photo of <alice> woman")),
+        "upscale": stage | {"strength": 0.5, "tile": 64, "overlap": 16},
+    }
+    shared = read_video(run_chain(config))
+    assert len(loads) == 1  # T2V and Tiled VCD on one set of weights
+
+    monkeypatch.setattr(loading, "_shared", {})
+    run_chain(config | {"output_dir": str(tmp_path / "fresh")})
+    assert torch.equal(read_video(tmp_path / "fresh" / "upscale.mp4"), shared)  # reuse = loading afresh
+
+    save_identity(Identity("alice", torch.randn(4, TEXT_WIDTH), class_word="woman"), identity)  # retrained in place
+    run_chain(config | {"output_dir": str(tmp_path / "again")})
+    assert len(loads) == 3  # the new tokens are loaded, not the cached old ones
+    before, after = (read_video(tmp_path / run / "generation.mp4") for run in ("run", "again"))
+    assert not torch.equal(before, after)

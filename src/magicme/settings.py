@@ -23,8 +23,9 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # the reference workflow's values
 
 
-def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
-    return field(metadata={"help": text, "choices": choices}, **kwargs)
+def _help(text: str, choices: tuple[str, ...] | None = None, plugins: bool = False, **kwargs: Any) -> Any:
+    """A field with its help text and choices; `plugins`: choices that plug-ins may add to after import."""
+    return field(metadata={"help": text, "choices": choices, "plugins": plugins}, **kwargs)
 
 
 @dataclass
@@ -111,7 +112,10 @@ def from_mapping(cls: type[T], values: dict[str, Any], source: str) -> T:
 
 
 def _field_choices(cls: type) -> dict[str, tuple[str, ...]]:
-    return {spec.name: spec.metadata.get("choices") for spec in dataclasses.fields(cls)}
+    """The fixed choices of each field (those plug-ins extend are checked where they are used)."""
+    return {
+        spec.name: spec.metadata.get("choices") for spec in dataclasses.fields(cls) if not spec.metadata.get("plugins")
+    }
 
 
 def _field_names(cls: type) -> set[str]:
@@ -261,6 +265,7 @@ class FaceSettings(VideoToVideoSettings):
     detector: str = _help(
         "face detector: opencv (Haar cascade), or one a plug-in adds (world: the miniature world's locator)",
         choices=registry.face_detector_names(),
+        plugins=True,
         default="opencv",
     )
     crop_factor: float = _help("context around the face: the crop is this many face sizes wide", default=3.0)
@@ -328,6 +333,7 @@ class EvalSettings:
     face_model: str = _help(
         "face embedder for face similarity, or one a plug-in adds (world: the miniature world's identity instrument)",
         choices=registry.face_embedder_names(),
+        plugins=True,
         default="dlib",
     )
     device: str = _help("torch device for the encoders", default="cpu")

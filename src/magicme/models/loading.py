@@ -2,9 +2,12 @@
 
 Single-file checkpoints (community fine-tunes such as Realistic Vision, or the original
 `mm_sd_v15_v2.ckpt`) are read with configs shipped in `magicme/configs`, so nothing is
-fetched from a hub when every weight is local.
+fetched from a hub when every weight is local. `shared_pipeline` keeps the last pipeline
+loaded, so a chain's stages and the studio's renders load one set of weights, not one per stage.
 """
 
+import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,3 +188,26 @@ def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
         pipe.to(device)
     pipe.set_progress_bar_config(desc="denoising", leave=False)
     return pipe
+
+
+_shared: dict[str, AnimateDiffPipeline] = {}  # at most one: a second set of SD weights is gigabytes
+
+
+def _file_stamps(source: str) -> list[tuple[str, int, int]]:
+    """(path, modified, size) of a local weight file or of every file in a local folder; [] for a hub id."""
+    path = Path(source).expanduser()
+    found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in found]
+
+
+def shared_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
+    """`load_pipeline(settings)`, reused while the settings and every local file they name are unchanged
+    (an identity retrained under the same path loads again). Each job sets its own sampler and
+    features on the pipeline, so reusing it gives the same frames as loading it afresh."""
+    sources = [settings.base_model, settings.motion_adapter, settings.motion_lora or ""]
+    sources += [spec.rpartition("=")[2] for spec in settings.identities]
+    key = json.dumps([dataclasses.asdict(settings), [_file_stamps(source) for source in sources]])
+    if key not in _shared:
+        _shared.clear()  # free the old weights before loading new ones
+        _shared[key] = load_pipeline(settings)
+    return _shared[key]

@@ -16,7 +16,7 @@ from magicme.identity.files import PLACEHOLDER, check_placeholders, check_prompt
 from magicme.io.locks import exclusive
 from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path
-from magicme.models.loading import load_pipeline
+from magicme.models.loading import shared_pipeline
 from magicme.models.schedulers import make_scheduler
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
@@ -153,7 +153,7 @@ def render(model: ModelSettings, generation: GenerationSettings, output: Path) -
     check_video_path(output)
     with exclusive(output):  # a second process aimed at the same file is refused, not raced
         started = time.perf_counter()
-        pipe = load_pipeline(model)
+        pipe = shared_pipeline(model)
         frames = generate(pipe, generation)
         settings = {"model": model, "generation": generation}
         device = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}

@@ -14,7 +14,7 @@ from magicme.errors import SettingError
 from magicme.io.locks import exclusive
 from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path, fit_to_multiple_of_8, read_video
-from magicme.models.loading import load_pipeline
+from magicme.models.loading import shared_pipeline
 from magicme.registry import face_detector
 from magicme.settings import EditSettings, FaceSettings, ModelSettings, UpscaleSettings, VideoToVideoSettings
 from magicme.t2v.noise_prior import NoiseField
@@ -33,7 +33,7 @@ def load_denoiser(
     if not settings.prompt.strip():
         raise SettingError("prompt", "a prompt is needed, e.g. 'a photo of <alice> woman'")
     check_strength(settings)
-    pipe: AnimateDiffPipeline = load_pipeline(model)
+    pipe: AnimateDiffPipeline = shared_pipeline(model)
     return make_denoiser(pipe, settings, source_prompt), noise_field_for(pipe, settings)
 
 
