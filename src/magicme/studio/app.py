@@ -77,18 +77,16 @@ class Studio:
         return jobs.studio_model(self.workspace)
 
     # Identities --------------------------------------------------------------------------------
-    def identity_rows(self) -> list[list[str]]:
-        return [
-            [entry.name, entry.class_word, "yes" if entry.photos else "uploaded", entry.file.name]
-            for entry in self.workspace.identities()
-        ]
-
     def refresh(self) -> tuple[Any, ...]:
         """Everything listed from the workspace: identities, history and the model line."""
-        names = [entry.name for entry in self.workspace.identities()]
+        entries = self.workspace.identities()
+        rows = [
+            [entry.name, entry.class_word, "yes" if entry.photos else "uploaded", entry.file.name] for entry in entries
+        ]
+        names = [entry.name for entry in entries]
         history = [render_label(folder, request) for folder, request in self.workspace.renders()]
         return (
-            self.identity_rows(),
+            rows,
             gr.update(choices=names, value=names[0] if names else None),
             gr.update(choices=names, value=names[0] if names else None),
             gr.update(choices=history, value=history[0] if history else None),

@@ -32,7 +32,7 @@ from magicme.settings import (
     UpscaleSettings,
     from_mapping,
 )
-from magicme.studio.workspace import Workspace, checked_name
+from magicme.studio.workspace import IdentityEntry, Workspace, checked_name
 
 STAGES = {"generation": "T2V VCD", "refine_face": "+ Face VCD", "upscale": "+ 2x upscale"}
 CUSTOM = "custom"  # a model the user names, not a preset
@@ -131,18 +131,16 @@ def train(settings: TrainingSettings, cancel: threading.Event) -> Path:
 
 
 # Renders ---------------------------------------------------------------------------------------
-def named_identities(workspace: Workspace, prompt: str) -> list[str]:
+def named_identities(workspace: Workspace, prompt: str) -> list[IdentityEntry]:
     """The identities a prompt names, each of which must exist in the workspace."""
-    names = list(dict.fromkeys(name.lower() for name in PLACEHOLDER.findall(prompt)))
-    for name in names:
-        workspace.entry(name)  # unknown -> "unknown identity <name>: train it or upload its file first"
-    return names
+    names = dict.fromkeys(name.lower() for name in PLACEHOLDER.findall(prompt))
+    return [workspace.entry(name) for name in names]  # unknown -> "unknown identity <name>: train it or upload ..."
 
 
-def identity_phrase(workspace: Workspace, names: list[str]) -> str:
+def identity_phrase(entries: list[IdentityEntry]) -> str:
     """`close up photo of a <alice> woman and a <bob> man`: the V2V stages' prompt, which names who is
     in the frame but not the scene (each stage sees part of it)."""
-    who = " and ".join(f"a <{name}> {workspace.entry(name).class_word}" for name in names)
+    who = " and ".join(f"a <{entry.name}> {entry.class_word}" for entry in entries)
     return f"close up photo of {who}" if who else "close up photo"
 
 
@@ -161,9 +159,9 @@ def render(
     # 1. Check the request before anything loads
     if not str(generation.get("prompt", "")).strip():
         raise SettingError("prompt", "write a prompt, e.g. 'a photo of <alice> woman on the beach'")
-    names = named_identities(workspace, generation["prompt"])
+    entries = named_identities(workspace, generation["prompt"])
     settings = from_mapping(GenerationSettings, model.preset.generation | generation, "the generation form")
-    v2v = {"prompt": identity_phrase(workspace, names), "seed": settings.seed}
+    v2v = {"prompt": identity_phrase(entries), "seed": settings.seed}
     stages: dict[str, Any] = {"generation": dataclasses.asdict(settings)}
     if face_vcd:
         stages["refine_face"] = dataclasses.asdict(from_mapping(FaceSettings, model.preset.refine_face | v2v, "Face"))
@@ -172,14 +170,15 @@ def render(
         stages["upscale"] = dataclasses.asdict(from_mapping(UpscaleSettings, upscale, "the upscale form"))
 
     # 2. The chain, as `magicme run` runs it, in a new render folder
+    names = [entry.name for entry in entries]
     request = {"model": model.key, "model_label": model.describe(), "identities": names, "seed": settings.seed}
     folder = workspace.new_render(request | {"stages": stages})
-    files = [str(workspace.entry(name).file) for name in names]
+    files = [str(entry.file) for entry in entries]
     chain_model = dataclasses.asdict(model.settings) | {"identities": files}
     run_chain({"output_dir": str(folder), "model": chain_model, **stages}, "the studio")
 
     # 3. Scores and a contact sheet of every stage
-    write_json(score(workspace, model, folder, names, settings.prompt), folder / "metrics.json")
+    write_json(score(model, folder, entries, settings.prompt), folder / "metrics.json")
     rows = [list(to_uint8(read_video(video)))[::2] for video in stage_videos(folder)]
     image_grid(rows, folder / "contact-sheet.png")
     return folder
@@ -200,11 +199,11 @@ def stage_videos(folder: Path) -> list[Path]:
     return [folder / f"{stage}.mp4" for stage in STAGES if (folder / f"{stage}.mp4").is_file()]
 
 
-def score(workspace: Workspace, model: StudioModel, folder: Path, names: list[str], prompt: str) -> dict[str, Any]:
+def score(model: StudioModel, folder: Path, entries: list[IdentityEntry], prompt: str) -> dict[str, Any]:
     """`magicme eval`'s motion scores and, against the first identity's photos, face similarity per stage."""
     from magicme.eval.evaluate import Entry, Evaluator
 
-    photos = next((entry.photos for entry in map(workspace.entry, names) if entry.photos), None)
+    photos = next((entry.photos for entry in entries if entry.photos), None)
     face_model = model.preset.face_model if photos else "none"
     try:
         evaluator = Evaluator(EvalSettings(clip_model="none", dino_model="none", face_model=face_model))
