@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from record import write_record
+from record import add_steps_option, recipe_with_steps, write_record
 from world_table import learn
 
 from magicme.io.video import to_uint8
@@ -108,11 +108,14 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
 
 
 def main() -> None:
+    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=8, help="held-out identities to learn")
     parser.add_argument("--training-steps", type=int, default=RECIPE.training_steps, help="ID module steps")
     parser.add_argument("--output", type=Path, default=HERE / "results-world-demo-chain.json")
+    add_steps_option(parser)
     args = parser.parse_args()
+    RECIPE = recipe_with_steps(args)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         identities = choosing_split(args.identities)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from diffusers import AnimateDiffPipeline
-from record import write_record
+from record import add_steps_option, recipe_with_steps, write_record
 
 from magicme.eval.metrics import similarity_to_references
 from magicme.io.video import to_uint8
@@ -58,11 +58,14 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
 
 
 def main() -> None:
+    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=6, help="held-out identities to prompt")
     parser.add_argument("--scales", type=float, nargs="+", default=SCALES, help="guidance scales to compare")
     parser.add_argument("--output", type=Path, default=HERE / "results-world-guidance.json")
+    add_steps_option(parser)
     args = parser.parse_args()
+    RECIPE = recipe_with_steps(args)
     started = time.perf_counter()
     identities = choosing_split(args.identities)
     base, motion = world_model_paths()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from record import write_record
+from record import add_steps_option, recipe_with_steps, write_record
 from world_table import identity_scores, learn
 
 from magicme.io.video import to_uint8
@@ -133,6 +133,7 @@ def earlier_results(output: Path, split: str, recipe: dict) -> tuple[dict[int, d
 
 
 def main() -> None:
+    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=("report", "choose"), default="report")
     parser.add_argument("--identities", type=int, help="the split's first N identities (default: all of it)")
@@ -140,7 +141,9 @@ def main() -> None:
     parser.add_argument("--training-steps", type=int, default=RECIPE.training_steps, help="ID module steps")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--resume", action="store_true", help="keep the identities the output already holds")
+    add_steps_option(parser)
     args = parser.parse_args()
+    RECIPE = recipe_with_steps(args)
     split = {"report": (reporting_split, scenes.REPORT_SPLIT), "choose": (choosing_split, scenes.CHOOSE_SPLIT)}
     pick, whole = split[args.split]
     identities = pick(args.identities or len(whole))

@@ -92,3 +92,21 @@ def record_unet_calls(pipe, settings: GenerationSettings) -> list[tuple[tuple, d
     finally:
         handle.remove()
     return calls
+
+
+@pytest.fixture(scope="session")
+def unet_with_lora():
+    """The tiny UNet with a rank-2 attention LoRA whose weights are all random (none left at zero),
+    and that LoRA's peft state."""
+    from peft.utils import get_peft_model_state_dict
+
+    from magicme.identity.lora import add_unet_lora
+    from magicme.testing.tiny import build_tiny_model
+
+    unet = build_tiny_model(seed=1)[0].unet
+    add_unet_lora(unet, rank=2)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn_like(parameter) * 0.3)
+    return unet, get_peft_model_state_dict(unet)

@@ -9,7 +9,7 @@ import torch
 from magicme.cli import main
 from magicme.io.video import read_video, save_video
 from magicme.world import scenes
-from magicme.world.demo import STAGES, DemoSettings, run_demo
+from magicme.world.demo import DemoSettings, run_demo
 
 
 @pytest.fixture
@@ -98,23 +98,28 @@ def test_help_lists_every_option_and_examples() -> None:
         assert option in result.stdout
 
 
-def test_demo_learns_a_held_out_identity_and_films_it(tmp_path: Path) -> None:
-    video = run_demo(tmp_path, DemoSettings(training_steps=10, inference_steps=10))  # the real one trains longer
+def test_demo_with_every_refinement_stage_films_a_held_out_identity(tmp_path: Path) -> None:
+    quick = {"training_steps": 10, "inference_steps": 10}  # the real one trains longer
+    settings = DemoSettings(**quick, face_vcd=True, tiled_vcd=True)
+    video = run_demo(tmp_path, settings)
     assert read_video(video).shape == (16, 3, 128, 128)
     assert json.loads((tmp_path / "generation.json").read_text())["generation"]["gamma"] == 0.1
+    assert json.loads((tmp_path / "upscale.json").read_text())["upscale"]["strength"] > 0  # Tiled VCD, not Lanczos
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert [stage["stage"] for stage in metrics["stages"]] == list(STAGES.values())
+    assert [stage["stage"] for stage in metrics["stages"]] == ["T2V VCD", "+ Face VCD", "+ Tiled VCD (2x)"]
     assert metrics["scene"] not in {shot.scene for shot in scenes.identity_photos(DemoSettings().identity)}
     assert (tmp_path / "contact-sheet.png").is_file() and (tmp_path / "training" / "hero.safetensors").is_file()
     assert all(stage["lineup_rank"] is None or 1 <= stage["lineup_rank"] <= 40 for stage in metrics["stages"])
 
 
 def test_the_full_demo_recognises_its_identity_in_the_final_video(tmp_path: Path) -> None:
-    """The README's claim for `make demo`, with its real settings (about a minute)."""
+    """The README's claim for `make demo`, with its real settings (about a minute): the recipe's stages only."""
     run_demo(tmp_path)
-    final = json.loads((tmp_path / "metrics.json").read_text())["stages"][-1]
-    assert final["lineup_rank"] <= 3  # 3rd of the 40 held-out identities (README); chance averages 20.5
-    assert final["scene_agreement"] >= 0.6  # and mostly filmed in the prompt's scene (README: 62%)
+    stages = json.loads((tmp_path / "metrics.json").read_text())["stages"]
+    assert [stage["stage"] for stage in stages] == ["T2V VCD", "+ 2x upscale (Lanczos, sharpened)"]
+    assert not (tmp_path / "refine_face.mp4").exists()
+    assert stages[-1]["lineup_rank"] <= 3  # 3rd of the 40 held-out identities (README); chance averages 20.5
+    assert stages[-1]["scene_agreement"] >= 0.6  # and mostly filmed in the prompt's scene (README)
 
 
 def test_demo_refuses_an_identity_the_model_was_trained_on(tmp_path: Path, capsys) -> None:

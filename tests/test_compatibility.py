@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from magicme.identity.files import Identity, export_a1111, load_identity, save_identity
-from magicme.identity.lora import add_unet_lora, export_lora, save_kohya_lora
+from magicme.identity.lora import export_lora, save_kohya_lora
 from magicme.testing.tiny import TEXT_WIDTH, build_tiny_model
 from tests.consumers import (
     a1111_embedding,
@@ -55,20 +55,6 @@ def test_magicme_reads_its_first_identity_version_too(tmp_path: Path) -> None:
     save_file({"embeddings": VECTORS}, str(tmp_path / "old.safetensors"), metadata)
     identity = load_identity(tmp_path / "old.safetensors")
     assert (identity.name, identity.class_word) == ("bob", "man") and torch.equal(identity.embeddings, VECTORS)
-
-
-@pytest.fixture(scope="module")
-def unet_with_lora():
-    """The tiny UNet with a rank-2 attention LoRA whose weights are all random (none left at zero)."""
-    from peft.utils import get_peft_model_state_dict
-
-    unet = build_tiny_model(seed=1)[0].unet
-    add_unet_lora(unet, rank=2)
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn_like(parameter) * 0.3)
-    return unet, get_peft_model_state_dict(unet)
 
 
 def test_kohya_lora_matches_every_key_in_a1111_and_comfyui(unet_with_lora, tmp_path: Path) -> None:

@@ -86,6 +86,9 @@ def test_photos_to_a_playing_video(page, tmp_path: Path) -> None:
     driver.find_element(By.CSS_SELECTOR, "#settings button, #settings .label-wrap").click()
     type_into(driver, "#frames", 8)
     type_into(driver, "#inference-steps", 4)
+    face_vcd = driver.find_element(By.CSS_SELECTOR, "#face-vcd input[type=checkbox]")
+    assert not face_vcd.is_selected()  # off for the world, as its recipe is
+    face_vcd.click()
     driver.find_element(By.ID, "generate").click()
     video = WebDriverWait(driver, LONG).until(lambda d: d.find_element(By.CSS_SELECTOR, "#video video[src]"))
     driver.execute_script("arguments[0].muted = true; arguments[0].play();", video)

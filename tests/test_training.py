@@ -298,35 +298,15 @@ def interrupt_at_a_random_time(command: list[str], seed: int) -> int:
     return code
 
 
-@pytest.mark.parametrize(("command", "seed"), [("train", 1), ("run", 2)])
-def test_a_real_ctrl_c_at_any_moment_then_resume_is_bit_identical(
-    settings: TrainingSettings, tmp_path: Path, command: str, seed: int
-) -> None:
-    import yaml
-
+def test_a_real_ctrl_c_at_any_moment_then_resume_is_bit_identical(settings: TrainingSettings, tmp_path: Path) -> None:
+    """`magicme run` handles Ctrl-C the same way (tests/test_stages.py: a chain interrupted, then resumed)."""
     settings = dataclasses.replace(settings, steps=60, checkpoint_every=100)
     straight = load_identity(train_identity(settings)).embeddings
-    folder = tmp_path / "interrupted"
-    if command == "train":
-        argv = [
-            "train",
-            settings.photos,
-            "--name",
-            "astro",
-            "--class-word",
-            "woman",
-            "--base-model",
-            settings.base_model,
-        ]
-        argv += ["--output-dir", str(folder), "--masks", "offline", "--resolution", "64", "--steps", "60"]
-        argv += ["--batch-size", "2", "--checkpoint-every", "100", "--validation-every", "0"]
-        run_dir = folder
-    else:
-        training = {name: value for name, value in dataclasses.asdict(settings).items() if name != "output_dir"}
-        config = tmp_path / "chain.yaml"
-        config.write_text(yaml.safe_dump({"output_dir": str(folder), "training": training, "input": "unused.mp4"}))
-        argv, run_dir = ["run", str(config)], folder / "training"
-    assert interrupt_at_a_random_time(argv, seed) == 130
+    run_dir = tmp_path / "interrupted"
+    argv = ["train", settings.photos, "--name", "astro", "--class-word", "woman", "--base-model", settings.base_model]
+    argv += ["--output-dir", str(run_dir), "--masks", "offline", "--resolution", "64", "--steps", "60"]
+    argv += ["--batch-size", "2", "--checkpoint-every", "100", "--validation-every", "0"]
+    assert interrupt_at_a_random_time(argv, seed=1) == 130
     steps_done = load_identity(run_dir / "astro.safetensors").metadata["steps_trained"]
     assert 0 < steps_done < 60, "the Ctrl-C landed in the training loop"
     train_identity(dataclasses.replace(settings, output_dir=str(run_dir), resume=True))

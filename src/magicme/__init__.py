@@ -33,6 +33,7 @@ __all__ = [
     "save_identity",
     "save_video",
     "train_identity",
+    "with_preset",
 ]
 
 _LAZY = {
@@ -45,6 +46,7 @@ _LAZY = {
     "sample_noise_prior": "magicme.t2v.noise_prior",
     "save_video": "magicme.io.video",
     "train_identity": "magicme.identity.train",
+    "with_preset": "magicme.models.presets",
 }
 
 

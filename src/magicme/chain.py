@@ -4,10 +4,11 @@ The config has a section per stage, in this order: `training`, then `generation`
 then `refine_face`, then `upscale`; a missing section skips its stage. The sections are
 named as in every sidecar, so a sidecar's section can be pasted into a chain. `model` holds
 the weights all stages share and `output_dir` where everything goes (`input` is the video
-to edit). Each finished stage leaves `<stage>.done` holding a fingerprint of its settings and
-its input; a re-run skips every stage whose output and fingerprint still match, so a run
-killed mid-way resumes where it stopped, and changing a stage's settings redoes it and
-the stages after it.
+to edit). `preset: lightning-4` (or `lightning-8`, `lcm`) fills in the few-step weights
+and sampling the sections leave unset (`magicme.models.presets`). Each finished stage
+leaves `<stage>.done` holding a fingerprint of its settings and its input; a re-run skips
+every stage whose output and fingerprint still match, so a run killed mid-way resumes
+where it stopped, and changing a stage's settings redoes it and the stages after it.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from typing import Any
 
 from magicme.io.files import write_json
 from magicme.io.locks import exclusive
+from magicme.models.presets import apply_preset
 from magicme.settings import (
     EditSettings,
     FaceSettings,
@@ -40,7 +42,7 @@ STAGES: dict[str, type] = {
     "refine_face": FaceSettings,
     "upscale": UpscaleSettings,
 }
-TOP_LEVEL = {"output_dir", "input", "model", *STAGES}
+TOP_LEVEL = {"output_dir", "input", "preset", "model", *STAGES}
 RENAMED = {"train": "training", "generate": "generation"}  # the names before 0.2, accepted for one release
 
 
@@ -95,6 +97,7 @@ def training_run(settings: TrainingSettings, output: Path) -> TrainingSettings:
 
 def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None, ModelSettings, dict[str, Any]]:
     config = rename_old_sections(config, source)
+    config = apply_preset(config, config.get("preset"), STAGES)
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(TOP_LEVEL)}")
@@ -102,7 +105,10 @@ def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None,
         raise ValueError(f"{source}: choose `generation` (a new video) or `edit` (an existing one), not both")
     if "edit" in config and "input" not in config:
         raise ValueError(f"{source}: `edit` needs `input:`, the video to edit")
-    if not any(stage in config for stage in ("generation", "edit")) and "input" not in config:
+    if not any(stage in config for stage in STAGES):
+        raise ValueError(f"{source}: names no stage; give at least one of {sorted(STAGES)}")
+    refines = any(stage in config for stage in ("refine_face", "upscale"))
+    if refines and not any(stage in config for stage in ("generation", "edit")) and "input" not in config:
         raise ValueError(f"{source}: with neither `generation` nor `edit`, give `input:`, the video to refine")
     model = from_mapping(ModelSettings, config.get("model") or {}, f"{source} [model]")
     stages = {
@@ -116,6 +122,14 @@ def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None,
 
 def run_chain(config: dict[str, Any], source: str = "config") -> Path:
     """Run every stage the config names, skipping those already done; returns the final video."""
+    video = run_stages(config, source)
+    if video is None:
+        raise ValueError(f"{source}: no stage produced a video")
+    return video
+
+
+def run_stages(config: dict[str, Any], source: str = "config") -> Path | None:
+    """`run_chain`, for configs that may end without a video (training alone)."""
     from magicme.identity.train import train_identity
     from magicme.t2v.generate import render
     from magicme.v2v.jobs import edit_video, refine_face_video, upscale_video
@@ -149,6 +163,4 @@ def run_chain(config: dict[str, Any], source: str = "config") -> Path:
                 model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
             else:
                 video = output
-    if video is None:
-        raise ValueError(f"{source}: no stage produced a video")
     return video

@@ -17,6 +17,7 @@ from typing import Any
 
 from magicme import registry
 from magicme.errors import SettingError
+from magicme.models.presets import PRESETS, apply_preset
 from magicme.settings import (
     EditSettings,
     EvalSettings,
@@ -40,6 +41,11 @@ COMMAND_SECTIONS: dict[str, dict[str, type]] = {
 SETTINGS_CLASSES = {cls for sections in COMMAND_SECTIONS.values() for cls in sections.values()}
 VIDEO_COMMANDS = {"refine-face": "face", "upscale": "upscaled", "edit": "edited"}  # command -> output suffix
 POSITIONAL = {"photos"}
+PRESET_HELP = (
+    "few-step distilled motion, much faster than the 25-step default; it sets the motion adapter (and LoRA), "
+    "sampler, steps and guidance that the options and --config leave unset: "
+    + "; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items())
+)
 RANDOM_SEED = -1
 GENERATE_EXAMPLES = """\
 examples:
@@ -109,6 +115,23 @@ examples:
   ssh -L 7860:127.0.0.1:7860 gpu-server   # then open http://127.0.0.1:7860 locally
   magicme studio --host 0.0.0.0 --auth alice:a-long-password   # reachable by others: always with --auth
 """
+BATCH_EXAMPLE = """\
+example manifest (YAML): identities x prompts x seeds, each clip a chain of the stages named
+  output_dir: batch/beach
+  model: {base_model: stable-diffusion-v1-5/stable-diffusion-v1-5}
+  identities:
+    alice: {photos: photos/alice, class_word: woman}   # learned first
+    bob: {file: identities/bob.safetensors, references: photos/bob}
+  prompts: ["a photo of {identity} on the beach", "a photo of {identity} in the snow"]
+  seeds: [0, 1]
+  training: {steps: 300}
+  refine_face: {}            # its prompt defaults to "close up photo of a {identity}"
+  evaluation: {face_model: dlib}
+examples:
+  magicme batch beach.yaml                 # in this process
+  magicme batch beach.yaml --workers 2     # two worker processes sharing one queue
+  torchrun --nproc-per-node 4 -m magicme batch beach.yaml    # one worker per GPU
+"""
 COMMANDS = {
     "generate": (
         "render a video of learned identities from a prompt (T2V VCD)",
@@ -144,6 +167,11 @@ COMMANDS = {
         "photos to finished video in one command, resumable (train, generate, refine-face, upscale)",
         "Run the stages a config names, skipping those already done with the same settings and input.",
         RUN_EXAMPLE,
+    ),
+    "batch": (
+        "many identities x prompts x seeds from a manifest, resumable, on one or several workers",
+        "Expand a manifest into training and clip jobs and run them; a rerun skips finished work.",
+        BATCH_EXAMPLE,
     ),
     "convert": (
         "convert an identity file between the layouts of magicme, A1111/ComfyUI and diffusers",
@@ -231,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "convert":
             add_convert_arguments(sub)
             continue
+        if command == "batch":
+            add_batch_arguments(sub)
+            continue
         if command == "studio":
             add_studio_arguments(sub)
             continue
@@ -246,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         if command not in ("train", "eval"):
             sub.add_argument("-o", "--output", type=Path, help="video path: .mp4, .gif, or a folder for PNG frames")
         sub.add_argument("--config", type=Path, help="JSON/YAML settings (a sidecar works); options override it")
+        if "model" in COMMAND_SECTIONS[command]:
+            sub.add_argument("--preset", choices=sorted(PRESETS), help=PRESET_HELP)
         for section, cls in COMMAND_SECTIONS[command].items():
             add_settings_options(sub, section, cls)
     for name, command in registry.commands().items():  # commands that plug-ins add, e.g. the world's `demo`
@@ -254,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given, by section: the config file's, then the options on the command line."""
+    """The settings given, by section: the config file's, then the options on the command line, then
+    a speed preset's values for what neither sets."""
     record = read_config_file(args.config) if args.config else {}
+    preset = record.pop("preset", None)
     for key, value in vars(args).items():
         section, _, name = key.partition(":")
         if name:
             record.setdefault(section, {})[name] = value
-    return record
+    return apply_preset(record, getattr(args, "preset", None) or preset, COMMAND_SECTIONS[args.command])
 
 
 def collect_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -389,6 +424,26 @@ def run_studio(args: argparse.Namespace) -> None:
     serve(args.workspace, args.host, args.port, args.auth, args.share)
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, help="the batch's YAML/JSON manifest")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine, sharing one queue (default: 1)"
+    )
+    parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)  # a started worker: the batch's start time
+
+
+def run_batch_command(args: argparse.Namespace) -> None:
+    from magicme.batch.runner import run_batch
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.worker is not None:
+        run_batch(args.manifest, started=args.worker, worker_only=True)
+        return
+    output = run_batch(args.manifest, args.workers)
+    print(f"batch: every job done; status: {output / 'report.json'}")
+
+
 def run_chain_command(args: argparse.Namespace) -> None:
     from magicme.chain import run_chain
 
@@ -423,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("MAGICME_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="magicme: %(message)s")
     commands = {"generate": run_generate, "train": run_train, "eval": run_eval, "run": run_chain_command}
-    commands |= {"convert": run_convert, "studio": run_studio}
+    commands |= {"convert": run_convert, "studio": run_studio, "batch": run_batch_command}
     commands |= dict.fromkeys(VIDEO_COMMANDS, run_stage)
     commands |= {name: command.run for name, command in registry.commands().items()}
     try:

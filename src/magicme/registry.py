@@ -38,6 +38,7 @@ class ModelPreset:
     training: dict[str, Any] = field(default_factory=dict)  # TrainingSettings fields but photos, name
     generation: dict[str, Any] = field(default_factory=dict)
     refine_face: dict[str, Any] = field(default_factory=dict)
+    face_vcd: bool = True  # whether the studio's "+ Face VCD" starts checked
     upscale: dict[str, Any] = field(default_factory=dict)
     face_model: str = "dlib"  # what scores identity in the studio's metrics
 

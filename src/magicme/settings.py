@@ -18,7 +18,7 @@ from magicme import registry
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
-SCHEDULERS = ("ddim", "euler", "euler-ancestral", "dpmpp-2m-karras")
+SCHEDULERS = ("ddim", "euler", "euler-ancestral", "dpmpp-2m-karras", "euler-trailing", "lcm")  # the last two: presets
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # the reference workflow's values
 
@@ -46,6 +46,12 @@ class ModelSettings:
         default=None,
     )
     motion_lora_scale: float = _help("weight of the motion LoRA (reference: 0.6)", default=0.6)
+    lora: str | None = _help(
+        "optional SD-1.5 LoRA over the image model (hub id, folder or file, diffusers or kohya layout), "
+        "e.g. AnimateLCM's, which `--preset lcm` sets",
+        default=None,
+    )
+    lora_scale: float = _help("weight of that LoRA (AnimateLCM's: 0.8)", default=1.0)
     identities: list[str] = _help(
         "identity files to load: PATH or NAME=PATH, magicme .safetensors or A1111 .pt; use one in a prompt as <NAME>",
         default_factory=list,

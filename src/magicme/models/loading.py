@@ -9,6 +9,7 @@ loaded, so a chain's stages and the studio's renders load one set of weights, no
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -20,6 +21,7 @@ from diffusers import (
     MotionAdapter,
     StableDiffusionPipeline,
 )
+from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError, safe_open
 
 from magicme.identity.files import install_identities, load_identity, lora_adapter_name
@@ -40,8 +42,30 @@ OTHER_FAMILIES = {
 }
 
 
+# One file of a hub repository, as its page shows it (the published single files, e.g. Lightning's).
+HUB_FILE = re.compile(
+    r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/(?:blob|resolve)/(?P<revision>[^/]+)/(?P<file>.+)$"
+)
+LORA_ADAPTER = "lora"
+
+
 class ModelLoadError(ValueError):
     """A model path or checkpoint cannot be used; the message says what to give instead."""
+
+
+def local_source(source: str, what: str) -> str:
+    """A hub file's address fetched into the hub cache (its local path); any other source as given."""
+    match = HUB_FILE.match(source)
+    if match is None:
+        return source
+    try:
+        return hf_hub_download(match["repo"], match["file"], revision=match["revision"])
+    except (OSError, ValueError) as error:  # the hub's not-found and offline errors are both
+        raise ModelLoadError(
+            f"{what} {source} could not be fetched ({type(error).__name__}) and is not in the local cache; "
+            f"fetch it once with network access (`huggingface-cli download {match['repo']} {match['file']}`) "
+            "and pass the downloaded file"
+        ) from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,21 +183,45 @@ def load_image_pipeline(base_model: str, dtype: torch.dtype) -> StableDiffusionP
         )
 
 
+def load_lora(pipe: AnimateDiffPipeline, source: str) -> None:
+    """An image-model LoRA (such as AnimateLCM's) as the adapter `lora`; a file is read without
+    unpickling code, and one that matches no layer is refused rather than ignored."""
+    _check_exists(source, "LoRA")
+    weights: str | dict = source
+    if Path(source).expanduser().is_file():
+        try:
+            weights, _ = read_tensor_file(Path(source).expanduser())
+        except ValueError as reason:
+            raise ModelLoadError(f"LoRA {reason}") from None
+    unfit = f"LoRA {source} does not fit the SD-1.5 UNet or text encoder (is it a LoRA for SD-1.5?)"
+    try:
+        with _hub_errors(source, "LoRA"):
+            pipe.load_lora_weights(weights, adapter_name=LORA_ADAPTER)
+    except (KeyError, ValueError) as error:  # peft: no module matched; diffusers: an unknown key layout
+        raise ModelLoadError(f"{unfit}: {error}") from None
+    if not any(LORA_ADAPTER in names for names in pipe.get_list_adapters().values()):
+        raise ModelLoadError(unfit)
+
+
 def load_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     """Build the T2V pipeline: base SD-1.5 weights, a motion adapter, and the identities to use."""
     identities = [load_identity(spec) for spec in settings.identities]  # a bad file fails in a second, not a minute
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    image_pipe = load_image_pipeline(settings.base_model, dtype)
-    adapter = load_motion_adapter(settings.motion_adapter, dtype)
+    image_pipe = load_image_pipeline(local_source(settings.base_model, "base model"), dtype)
+    adapter = load_motion_adapter(local_source(settings.motion_adapter, "motion adapter"), dtype)
     pipe = AnimateDiffPipeline.from_pipe(image_pipe, motion_adapter=adapter, dtype=dtype)
     install_identities(pipe, identities)
     adapters = {lora_adapter_name(identity): 1.0 for identity in identities if identity.lora}
     if settings.motion_lora:
-        _check_exists(settings.motion_lora, "motion LoRA")
-        with _hub_errors(settings.motion_lora, "motion LoRA"):
-            load_motion_lora(pipe, settings.motion_lora)
+        source = local_source(settings.motion_lora, "motion LoRA")
+        _check_exists(source, "motion LoRA")
+        with _hub_errors(source, "motion LoRA"):
+            load_motion_lora(pipe, source)
         adapters[MOTION_ADAPTER] = settings.motion_lora_scale
+    if settings.lora:
+        load_lora(pipe, local_source(settings.lora, "LoRA"))
+        adapters[LORA_ADAPTER] = settings.lora_scale
     if adapters:
         pipe.set_adapters(list(adapters), list(adapters.values()))
     if settings.vae_slicing:
@@ -204,7 +252,7 @@ def shared_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     """`load_pipeline(settings)`, reused while the settings and every local file they name are unchanged
     (an identity retrained under the same path loads again). Each job sets its own sampler and
     features on the pipeline, so reusing it gives the same frames as loading it afresh."""
-    sources = [settings.base_model, settings.motion_adapter, settings.motion_lora or ""]
+    sources = [settings.base_model, settings.motion_adapter, settings.motion_lora or "", settings.lora or ""]
     sources += [spec.rpartition("=")[2] for spec in settings.identities]
     key = json.dumps([dataclasses.asdict(settings), [_file_stamps(source) for source in sources]])
     if key not in _shared:

@@ -1,10 +1,15 @@
-"""The samplers VCD is used with, configured as AnimateDiff recommends (linear betas)."""
+"""The samplers VCD is used with, configured as AnimateDiff recommends (linear betas).
+
+`euler-trailing` and `lcm` are the few-step samplers of the speed presets: Euler on
+"trailing" timesteps for AnimateDiff-Lightning, the consistency sampler for AnimateLCM.
+"""
 
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -21,6 +26,10 @@ def make_scheduler(name: str, config: dict) -> SchedulerMixin:
         return DDIMScheduler.from_config(config, clip_sample=False, **common)
     if name == "euler":
         return EulerDiscreteScheduler.from_config(config, **common)
+    if name == "euler-trailing":  # starts at the last training timestep, as Lightning was distilled
+        return EulerDiscreteScheduler.from_config(config, beta_schedule="linear", timestep_spacing="trailing")
+    if name == "lcm":
+        return LCMScheduler.from_config(config, beta_schedule="linear", timestep_spacing="leading", steps_offset=0)
     if name == "euler-ancestral":
         return EulerAncestralDiscreteScheduler.from_config(config, **common)
     return DPMSolverMultistepScheduler.from_config(

@@ -344,7 +344,7 @@ def build_app(workspace: Workspace) -> gr.Blocks:
                         free_init = gr.Checkbox(value=defaults.free_init, label="FreeInit")
                         free_noise = gr.Checkbox(value=defaults.free_noise, label="FreeNoise")
                 with gr.Row():
-                    face_vcd = gr.Checkbox(value=True, label="+ Face VCD", elem_id="face-vcd")
+                    face_vcd = gr.Checkbox(value=preset.face_vcd, label="+ Face VCD", elem_id="face-vcd")
                     upscale = gr.Checkbox(value=True, label="+ 2x upscale", elem_id="upscale")
                     tile_strength = gr.Number(
                         value=preset.upscale.get("strength", UpscaleSettings.strength),

@@ -2,10 +2,10 @@
 
 It learns a held-out identity (one the model never saw) from five "photos" with their
 ground-truth masks, renders it with the 3D noise prior in a scene that none of the photos
-shows, refines its face (Face VCD, with the world's face locator), upscales 2x (Lanczos
-and sharpening: Tiled VCD does not raise identity in the world, README: the miniature
-world), and scores each stage with the world's instruments. It goes through `magicme run`,
-so a second run reuses what is done.
+shows, upscales 2x and scores each stage with the world's instruments. Face VCD and Tiled
+VCD are off, as in the world's recipe, because neither raises identity in the world
+(README: the miniature world); `face_vcd` and `tiled_vcd` turn them on. It goes through
+`magicme run`, so a second run reuses what is done.
 """
 
 import dataclasses
@@ -29,9 +29,6 @@ from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
 from magicme.world.recipe import RECIPE
 
-UPSCALE = "+ Tiled VCD (2x)" if RECIPE.tiled_vcd_in_chain else "+ 2x upscale (Lanczos, sharpened)"
-STAGES = {"generation": "T2V VCD", "refine_face": "+ Face VCD", "upscale": UPSCALE}
-
 
 @dataclass
 class DemoSettings:
@@ -40,6 +37,15 @@ class DemoSettings:
     inference_steps: int = RECIPE.inference_steps
     seed: int = 0
     model_dir: str | None = None  # a world model folder (base/, motion_adapter/); default: the shipped one
+    face_vcd: bool = RECIPE.face_vcd_in_chain
+    tiled_vcd: bool = RECIPE.tiled_vcd_in_chain
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """The chain's stages, in order, with the labels its table prints."""
+        face = {"refine_face": "+ Face VCD"} if self.face_vcd else {}
+        upscale = "+ Tiled VCD (2x)" if self.tiled_vcd else "+ 2x upscale (Lanczos, sharpened)"
+        return {"generation": "T2V VCD"} | face | {"upscale": upscale}
 
 
 def new_scene(photo_scenes: set[str]) -> str:
@@ -48,43 +54,47 @@ def new_scene(photo_scenes: set[str]) -> str:
 
 
 def demo_config(output_dir: Path, photos: Path, scene: str, settings: DemoSettings) -> dict[str, Any]:
-    """The `magicme run` config of the demo: learn the identity, film it, refine the face, upscale."""
+    """The `magicme run` config of the demo: learn the identity, film it, (refine the face,) upscale."""
     base, motion = world_model_paths(settings.model_dir)
     recipe = dataclasses.replace(
-        RECIPE, training_steps=settings.training_steps, inference_steps=settings.inference_steps
+        RECIPE,
+        training_steps=settings.training_steps,
+        inference_steps=settings.inference_steps,
+        tiled_vcd_in_chain=settings.tiled_vcd,
     )
     sections = {
         "training": recipe.training(photos, settings.seed, base_model=str(base)),
         "generation": recipe.generation(recipe.prompt(scene), settings.seed),
-        "refine_face": recipe.face(settings.seed),
-        "upscale": recipe.chain_upscale(settings.seed),
     }
+    if settings.face_vcd:
+        sections["refine_face"] = recipe.face(settings.seed)
+    sections["upscale"] = recipe.chain_upscale(settings.seed)
     model = {"base_model": str(base), "motion_adapter": str(motion), "device": "cpu"}
     return {"output_dir": str(output_dir), "model": model} | {
         name: dataclasses.asdict(values) for name, values in sections.items()
     }
 
 
-def score(output_dir: Path, photos: Path, scene: str, identity: int) -> list[dict[str, Any]]:
+def score(output_dir: Path, photos: Path, scene: str, settings: DemoSettings) -> list[dict[str, Any]]:
     """Each stage's identity similarity and lineup rank, face-found rate, motion and scene agreement,
     by the instruments."""
     evaluator = Evaluator(EvalSettings(clip_model="none", dino_model="none", face_model="world"))
     results = []
-    for stage, label in STAGES.items():
+    for stage, label in settings.stages.items():
         video = output_dir / f"{stage}.mp4"
         result = evaluator.evaluate(Entry(video, "", photos)) | {"stage": label}
         frames, instruments = list(to_uint8(read_video(video))), world_instruments()
         result["scene_agreement"] = instruments.scene_share(frames, scene)
-        result["lineup_rank"] = lineup_rank(instruments.embed_faces(frames), identity)
+        result["lineup_rank"] = lineup_rank(instruments.embed_faces(frames), settings.identity)
         results.append(result)
     write_json({"scene": scene, "stages": results}, output_dir / "metrics.json")
     return results
 
 
-def contact_sheet(output_dir: Path, photos: Path, path: Path, thumb: int = 96) -> Path:
+def contact_sheet(output_dir: Path, photos: Path, stages: list[str], path: Path, thumb: int = 96) -> Path:
     """Rows: the identity's photos, then every other frame of each stage's video."""
     rows = [[np.asarray(Image.open(p)) for p in sorted(photos.glob("photo-?.png"))]]
-    rows += [list(to_uint8(read_video(output_dir / f"{stage}.mp4")))[::2] for stage in STAGES]
+    rows += [list(to_uint8(read_video(output_dir / f"{stage}.mp4")))[::2] for stage in stages]
     return image_grid(rows, path, thumb)
 
 
@@ -100,8 +110,8 @@ def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | N
     shots = scenes.write_identity_photos(photos, settings.identity)
     scene = new_scene({shot.scene for shot in shots})
     video = run_chain(demo_config(output_dir, photos, scene, settings), "demo")
-    results = score(output_dir, photos, scene, settings.identity)
-    contact_sheet(output_dir, photos, output_dir / "contact-sheet.png")
+    results = score(output_dir, photos, scene, settings)
+    contact_sheet(output_dir, photos, list(settings.stages), output_dir / "contact-sheet.png")
     table = format_table(results).replace("| video |", "| stage |")
     for result in results:
         table = table.replace(f"| {Path(result['video']).name} |", f"| {result['stage']} |", 1)

@@ -32,6 +32,10 @@ class WorldRecipe:
     # Face VCD at 0.6 redraws faces that the instrument then ranks lower, at 0.4 it keeps them
     # (world_demo_chain.py); faces it would not enlarge are left (FaceSettings.min_enlargement).
     face_strength: float = 0.4
+    # Face VCD leaves identity where it was on close-ups (neutral on 28 of 30 report identities) and
+    # lowers it at medium range, so the world's chain runs without it
+    # (benchmarks/world_refinement.py; README: the miniature world).
+    face_vcd_in_chain: bool = False
     tile_strength: float = 0.1  # Tiled VCD's strength wherever it runs (world_demo_chain.py)
     # Tiled VCD loses identity against Lanczos alone on the choose split, so the world's chain
     # upscales with Lanczos and sharpening only (benchmarks/world_refinement.py --split choose).

@@ -1,0 +1,162 @@
+"""The batch's work queue: the output folder itself, shared by every worker.
+
+A worker walks the jobs in order and takes the first one that is ready (its needs are done)
+and that no other worker holds (`io.locks.exclusive`: an OS lock that dies with its
+process, so a killed worker never leaves a stale claim). It runs the job's chain, scores
+the final video, and writes `done.json`; a job that raises writes `failed.json` with its
+error, and the others go on. So one worker, several processes on one machine, or
+`torchrun`'s ranks all run the same loop, and a slow or dead worker holds back nothing but
+its own job, which the next run (or another worker) finishes: `magicme run`'s fingerprints
+skip its finished stages.
+"""
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from magicme.batch.manifest import Job, Manifest
+from magicme.chain import fingerprint
+from magicme.io.files import write_json
+from magicme.io.locks import BusyError, exclusive
+
+log = logging.getLogger("magicme")
+POLL_SECONDS = 1.0
+
+
+def input_files(job: Job) -> list[Path]:
+    """What a job reads from outside the batch: photos to learn from or score against, identity files given."""
+    photos = [job.chain["training"]["photos"]] if "training" in job.chain else []
+    given = [spec.rpartition("=")[2] for spec in job.chain.get("model", {}).get("identities", [])]
+    return [Path(path) for path in [*photos, *given, job.references] if path and Path(path).exists()]
+
+
+@dataclass
+class JobState:
+    state: str  # done, failed, running, waiting (on a need), left
+    error: str | None = None
+    finished: float | None = None  # when it was done (time.time())
+
+
+class Queue:
+    """The jobs of one manifest and their markers under its output folder."""
+
+    def __init__(self, manifest: Manifest, started: float) -> None:
+        self.manifest, self.started = manifest, started  # failures older than `started` are retried
+        self.by_name = {job.name: job for job in manifest.jobs}
+        self._keys: dict[str, str] = {}
+
+    def key(self, job: Job) -> str:
+        """What a job's done marker must match: its settings, the content of what it reads from outside
+        the batch, and the keys of the jobs it needs (a retrained identity makes its clips pending)."""
+        if job.name not in self._keys:
+            settings = {"job": [job.chain, job.evaluation], "needs": [self.key(self.by_name[n]) for n in job.needs]}
+            own = [path for path in input_files(job) if not path.is_relative_to(self.manifest.output_dir)]
+            self._keys[job.name] = fingerprint(settings, own)
+        return self._keys[job.name]
+
+    def folder(self, job: Job) -> Path:
+        return self.manifest.output_dir / job.name
+
+    def done(self, job: Job) -> bool:
+        marker = self.folder(job) / "done.json"
+        return marker.is_file() and json.loads(marker.read_text())["key"] == self.key(job)
+
+    def failure(self, job: Job) -> str | None:
+        """This run's error for the job, or None (an earlier run's failure is tried again)."""
+        marker = self.folder(job) / "failed.json"
+        if not marker.is_file() or marker.stat().st_mtime < self.started:
+            return None
+        return json.loads(marker.read_text())["error"]
+
+    def state(self, job: Job) -> JobState:
+        if self.done(job):
+            return JobState("done", finished=json.loads((self.folder(job) / "done.json").read_text())["finished"])
+        if (error := self.failure(job)) is not None:
+            return JobState("failed", error)
+        if (self.folder(job) / "running.json").is_file() and self._held(job):
+            return JobState("running")
+        if any(not self.done(self.by_name[need]) for need in job.needs):
+            return JobState("waiting")
+        return JobState("left")
+
+    def _held(self, job: Job) -> bool:
+        """Whether a live worker holds the job (taking its lock for an instant tells)."""
+        try:
+            with exclusive(self.folder(job) / "job"):
+                return False
+        except BusyError:
+            return True
+
+    def work(self, run_job: Callable[[Job, Path], None], on_change: Callable[[], None] = lambda: None) -> None:
+        """Take and run ready jobs until none is left that this worker could run."""
+        while True:
+            progressed, blocked = False, False
+            for job in self.manifest.jobs:
+                if self.done(job) or self.failure(job) is not None:
+                    continue
+                failed_needs = [need for need in job.needs if self.failure(self.by_name[need]) is not None]
+                if failed_needs:
+                    self._fail(job, f"needs {', '.join(failed_needs)}, which failed")
+                    progressed = True
+                    continue
+                if any(not self.done(self.by_name[need]) for need in job.needs):
+                    blocked = True  # another worker may be finishing what it needs
+                    continue
+                try:
+                    with exclusive(self.folder(job) / "job"):
+                        if not self.done(job):
+                            self._run(job, run_job)
+                    progressed = True
+                    on_change()
+                except BusyError:
+                    blocked = True  # another worker holds it
+            if not progressed and not blocked:
+                return
+            if not progressed:
+                time.sleep(POLL_SECONDS)
+
+    def _run(self, job: Job, run_job: Callable[[Job, Path], None]) -> None:
+        folder, started = self.folder(job), time.perf_counter()
+        (folder / "failed.json").unlink(missing_ok=True)
+        write_json({"started": time.time(), "worker": os.getpid()}, folder / "running.json")
+        log.info("batch: %s: running", job.name)
+        try:
+            run_job(job, folder)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # one job's failure is reported; the others go on
+            log.error("batch: %s: failed: %s", job.name, error)
+            self._fail(job, f"{type(error).__name__}: {error}", traceback.format_exc())
+            return
+        finally:
+            (folder / "running.json").unlink(missing_ok=True)
+        seconds = round(time.perf_counter() - started, 2)
+        marker = {"key": self.key(job), "seconds": seconds, "finished": time.time(), "worker": os.getpid()}
+        write_json(marker, folder / "done.json")
+
+    def _fail(self, job: Job, error: str, trace: str = "") -> None:
+        write_json({"error": error, "traceback": trace}, self.folder(job) / "failed.json")
+
+    def summary(self) -> dict[str, Any]:
+        """Counts by state, throughput and time left, and every failed job with its error."""
+        states = {job.name: self.state(job) for job in self.manifest.jobs}
+        counts = {name: 0 for name in ("done", "running", "waiting", "left", "failed")}
+        for state in states.values():
+            counts[state.state] += 1
+        finished_now = [s for s in states.values() if s.finished is not None and s.finished >= self.started]
+        elapsed = max(time.time() - self.started, 1e-9)
+        per_hour = 3600 * len(finished_now) / elapsed if finished_now else 0.0
+        remaining = counts["running"] + counts["waiting"] + counts["left"]
+        return {
+            "jobs": len(states),
+            **counts,
+            "jobs_per_hour": round(per_hour, 1),
+            "seconds_left": round(3600 * remaining / per_hour) if per_hour else None,
+            "failed_jobs": {name: state.error for name, state in states.items() if state.state == "failed"},
+        }

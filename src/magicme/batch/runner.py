@@ -1,0 +1,102 @@
+"""`magicme batch`: run a manifest's jobs with one worker or several, with a live summary.
+
+`--workers 1` runs the jobs in this process. `--workers N` starts N worker processes on this
+machine, each taking jobs from the output folder (`batch.queue`), while this process
+prints the summary; under `torchrun` (or `accelerate launch`) every rank is a worker and
+rank 0 prints it. The summary is also written to `status.json` in the output folder (for
+other tools), and the end state of every job to `report.json`.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from magicme.batch.manifest import Job, expand
+from magicme.batch.queue import Queue
+from magicme.chain import run_stages
+from magicme.io.files import write_json
+from magicme.settings import EvalSettings, from_mapping, read_config_file
+
+log = logging.getLogger("magicme")
+
+
+class BatchFailed(ValueError):
+    """Some jobs failed; the rest finished. The message names each failed job and its error."""
+
+
+def run_job(job: Job, folder: Path) -> None:
+    """One job: its chain (stages already done are skipped), then the scores of its final video."""
+    video = run_stages(job.chain, job.name)
+    if video is None or job.evaluation is None:
+        return
+    from magicme.eval.evaluate import Entry, Evaluator
+
+    settings = from_mapping(EvalSettings, job.evaluation, f"{job.name} [evaluation]")
+    result = Evaluator(settings).evaluate(Entry(video, job.prompt, Path(job.references or "")))
+    write_json(result, folder / "metrics.json")
+
+
+def progress_line(summary: dict[str, Any]) -> str:
+    left = summary["seconds_left"]
+    eta = "unknown" if left is None else f"{left // 60}m{left % 60:02d}s"
+    return (
+        f"{summary['done']}/{summary['jobs']} done, {summary['running']} running, {summary['failed']} failed, "
+        f"{summary['waiting'] + summary['left']} left; {summary['jobs_per_hour']} jobs/h, about {eta} left"
+    )
+
+
+class Progress:
+    """The live summary: a bar on the terminal and `status.json` beside the jobs."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.bar = tqdm(total=len(queue.manifest.jobs), desc="batch", unit="job")
+
+    def update(self) -> dict[str, Any]:
+        summary = self.queue.summary()
+        write_json(summary, self.queue.manifest.output_dir / "status.json")
+        self.bar.n = summary["done"] + summary["failed"]
+        self.bar.set_postfix_str(progress_line(summary), refresh=True)
+        return summary
+
+    def close(self) -> dict[str, Any]:
+        summary = self.update()
+        self.bar.close()
+        states = {job.name: vars(self.queue.state(job)) for job in self.queue.manifest.jobs}
+        write_json(summary | {"states": states}, self.queue.manifest.output_dir / "report.json")
+        return summary
+
+
+def run_batch(manifest_path: Path, workers: int = 1, started: float | None = None, worker_only: bool = False) -> Path:
+    """Run the manifest's jobs; returns the output folder. Raises BatchFailed if any job failed."""
+    manifest = expand(read_config_file(manifest_path), str(manifest_path))
+    manifest.output_dir.mkdir(parents=True, exist_ok=True)
+    queue = Queue(manifest, started if started is not None else time.time())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if worker_only or (world > 1 and rank > 0):
+        queue.work(run_job)
+        return manifest.output_dir
+    progress = Progress(queue)
+    if workers == 1 or world > 1:
+        queue.work(run_job, on_change=progress.update)
+    else:
+        command = [sys.executable, "-m", "magicme", "batch", str(manifest_path), "--worker", str(queue.started)]
+        children = [subprocess.Popen(command) for _ in range(workers)]
+        while any(child.poll() is None for child in children):
+            progress.update()
+            time.sleep(2)
+        queue.work(run_job, on_change=progress.update)  # whatever a dead worker left
+    summary = progress.close()
+    if summary["failed_jobs"]:
+        failed = "; ".join(f"{name}: {error}" for name, error in summary["failed_jobs"].items())
+        raise BatchFailed(
+            f"{summary['failed']} of {summary['jobs']} jobs failed ({failed}); the others finished. "
+            f"Fix them and run again: finished work is kept (report: {manifest.output_dir / 'report.json'})"
+        )
+    return manifest.output_dir

@@ -1,0 +1,186 @@
+"""`magicme batch` on the tiny model: a manifest expanded into jobs, run in this process and by two
+worker processes to the same files, resumed after a kill -9, and a failed job reported while the
+rest finish."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from magicme.batch.manifest import ManifestError, expand
+from magicme.batch.runner import BatchFailed, run_batch
+from magicme.io.video import read_video
+
+CLIPS = ["clips/astro/0-seed0", "clips/astro/0-seed1", "clips/alice/0-seed0", "clips/alice/0-seed1"]
+
+
+def manifest_record(tiny_model, astronaut_folder: Path, identity_file: Path, output_dir: Path) -> dict:
+    """One identity learned from photos, one given as a file; one prompt, two seeds; T2V, Face VCD, eval."""
+    base, motion = tiny_model
+    return {
+        "output_dir": str(output_dir),
+        "model": {"base_model": str(base), "motion_adapter": str(motion)},
+        "identities": {
+            "astro": {"photos": str(astronaut_folder), "class_word": "woman"},
+            "alice": {"file": str(identity_file), "references": str(astronaut_folder)},
+        },
+        "prompts": ["a photo of {identity} on the beach"],
+        "seeds": [0, 1],
+        "training": {"masks": "offline", "resolution": 64, "steps": 2} | {"batch_size": 1, "validation_every": 0},
+        "generation": {"num_frames": 4, "height": 64, "width": 64, "num_inference_steps": 2},
+        "refine_face": {"num_inference_steps": 2, "guide_size": 64},
+        "evaluation": {"clip_model": "none", "dino_model": "none", "face_model": "none"},
+    }
+
+
+def write_manifest(record: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(record))
+    return path
+
+
+def outputs(output_dir: Path, clips: list[str]) -> dict[str, torch.Tensor]:
+    return {clip: read_video(output_dir / clip / "refine_face.mp4") for clip in clips}
+
+
+SEED_0 = [clip for clip in CLIPS if clip.endswith("seed0")]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, astronaut_folder: Path, identity_file: Path, tmp_path_factory) -> tuple[dict, Path]:
+    """The manifest run once in this process: its record and output folder."""
+    folder = tmp_path_factory.mktemp("batch")
+    record = manifest_record(tiny_model, astronaut_folder, identity_file, folder / "out")
+    run_batch(write_manifest(record, folder / "batch.yaml"))
+    return record, folder / "out"
+
+
+def test_a_manifest_expands_into_training_then_clips_that_need_it(tiny_model, astronaut_folder, identity_file) -> None:
+    record = manifest_record(tiny_model, astronaut_folder, identity_file, Path("out"))
+    jobs = {job.name: job for job in expand(record).jobs}
+    assert list(jobs) == ["identities/astro", *CLIPS]
+    clip = jobs["clips/astro/0-seed1"]
+    assert clip.needs == ("identities/astro",) and jobs["clips/alice/0-seed0"].needs == ()
+    assert clip.chain["generation"]["prompt"] == "a photo of <astro> woman on the beach"
+    assert clip.chain["generation"]["seed"] == 1 and clip.chain["refine_face"]["seed"] == 1
+    assert clip.chain["refine_face"]["prompt"] == "close up photo of a <astro> woman"
+    assert clip.chain["model"]["identities"] == ["astro=out/identities/astro/training/astro.safetensors"]
+    assert jobs["identities/astro"].chain["training"]["base_model"] == record["model"]["base_model"]  # learned on it
+    assert jobs["clips/alice/0-seed0"].chain["generation"]["prompt"] == "a photo of <alice> woman on the beach"
+    assert "identities" not in record["model"]  # the manifest is not changed
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompts": ["a photo of alice"]}, "each with {identity}"),
+        ({"identities": {"x y": {"photos": "p"}}}, "letters, digits"),
+        ({"identities": {"bob": {"photos": "p", "file": "f"}}}, "one of them"),
+        ({"identities": {"bob": {"file": "missing.safetensors", "class_word": "man"}}}, "no photos to score"),
+        ({"seeds": "0"}, "list of integers"),
+        ({"stages": []}, "unknown key"),
+    ],
+)
+def test_bad_manifests_are_clear_errors(
+    tiny_model, astronaut_folder, identity_file, change: dict, message: str
+) -> None:
+    record = manifest_record(tiny_model, astronaut_folder, identity_file, Path("out")) | change
+    with pytest.raises(ManifestError, match=message):
+        expand(record)
+
+
+def test_the_batch_finishes_every_job_and_a_rerun_skips_them(finished, tmp_path: Path, caplog) -> None:
+    record, output_dir = finished
+    report = json.loads((output_dir / "report.json").read_text())
+    assert report["done"] == 5 and report["failed"] == 0 and report["jobs"] == 5
+    assert set(json.loads((output_dir / "status.json").read_text())) >= {"done", "running", "left", "jobs_per_hour"}
+    for clip in CLIPS:
+        metrics = json.loads((output_dir / clip / "metrics.json").read_text())
+        assert metrics["frames"] == 4 and metrics["flicker"] >= 0
+    caplog.set_level(logging.INFO, logger="magicme")
+    run_batch(write_manifest(record, tmp_path / "again.yaml"))
+    assert "running" not in caplog.text  # every job done before with the same settings
+
+
+def test_a_worker_killed_mid_job_holds_back_nothing_and_the_files_are_the_same(finished, tmp_path: Path) -> None:
+    """Two worker processes share the queue; one is killed with SIGKILL inside a clip's chain. The batch
+    still finishes every job, to the files one process makes, with no partial file left."""
+    record, output_dir = finished
+    out = tmp_path / "two"
+    manifest = write_manifest(record | {"output_dir": str(out), "seeds": [0]}, tmp_path / "two.yaml")
+    command = [sys.executable, "-m", "magicme", "batch", str(manifest), "--workers", "2"]
+    process = subprocess.Popen(command, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    killed, job = None, None
+    for line in process.stderr:
+        if killed is None and "magicme: refine_face: running" in line:  # a worker is inside a clip's chain
+            marker = next(out.glob("clips/*/*/running.json"))
+            killed, job = json.loads(marker.read_text())["worker"], marker.parent
+            os.kill(killed, signal.SIGKILL)
+    assert process.wait() == 0 and killed is not None
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] == 3 and report["failed"] == 0
+    assert json.loads((job / "done.json").read_text())["worker"] != killed  # another process finished its job
+    two, one = outputs(out, SEED_0), outputs(output_dir, SEED_0)
+    assert all(torch.equal(two[clip], one[clip]) for clip in SEED_0)
+    assert not [path for path in out.rglob("*") if "partial" in path.name or path.name == "running.json"]
+
+
+def test_a_failed_job_is_reported_and_the_rest_finish(finished, tmp_path: Path) -> None:
+    record, _ = finished
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "photo.jpg").write_bytes(b"not a photo")
+    identities = {"broken": {"photos": str(broken)}, "alice": record["identities"]["alice"]}  # broken runs first
+    manifest = record | {"output_dir": str(tmp_path / "out"), "identities": identities, "seeds": [0]}
+    with pytest.raises(BatchFailed, match="2 of 3 jobs failed") as error:
+        run_batch(write_manifest(manifest, tmp_path / "broken.yaml"))
+    assert "no usable photo" in str(error.value) and "needs identities/broken, which failed" in str(error.value)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["failed_jobs"]) == {"identities/broken", "clips/broken/0-seed0"}
+    assert report["done"] == 1 and (tmp_path / "out" / "clips/alice/0-seed0/metrics.json").is_file()
+
+
+def test_a_job_another_worker_holds_does_not_hold_back_the_rest(tmp_path: Path) -> None:
+    """The queue on its own, with jobs that only record their turn: a held job is passed over, the
+    jobs after it run, and it runs once its worker lets go."""
+    import threading
+
+    from magicme.batch.manifest import Job, Manifest
+    from magicme.batch.queue import Queue
+    from magicme.io.locks import exclusive
+
+    jobs = [Job("a", {"n": 1}), Job("b", {"n": 2}, needs=("a",)), Job("c", {"n": 3})]
+    queue, order = Queue(Manifest(tmp_path, jobs), started=0.0), []
+    held, release = threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        with exclusive(tmp_path / "a" / "job"):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    held.wait()
+    threading.Timer(1.0, release.set).start()  # the other worker gives "a" up after a second
+    queue.work(lambda job, folder: order.append(job.name))
+    thread.join()
+    assert order == ["c", "a", "b"]  # c did not wait for a; b waited for what it needs
+    assert all(queue.state(job).state == "done" for job in jobs)
+
+
+def test_a_changed_setting_makes_pending_only_the_jobs_that_depend_on_it(finished) -> None:
+    from magicme.batch.queue import Queue
+
+    record, _ = finished
+    retrained = record | {"training": record["training"] | {"steps": 3}}
+    queue = Queue(expand(retrained), started=0.0)
+    states = {job.name: queue.state(job).state for job in queue.manifest.jobs}
+    assert states["identities/astro"] == "left"
+    assert states["clips/astro/0-seed0"] == states["clips/astro/0-seed1"] == "waiting"  # on the new identity
+    assert states["clips/alice/0-seed0"] == states["clips/alice/0-seed1"] == "done"
