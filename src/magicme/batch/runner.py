@@ -73,6 +73,13 @@ class Progress:
         return summary
 
 
+def worker_environment(workers: int) -> dict[str, str]:
+    """Each worker's share of the CPU threads: workers that each take every core slow one another down
+    (unless OMP_NUM_THREADS is set already)."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | os.environ
+
+
 def run_batch(manifest_path: Path, workers: int = 1, started: float | None = None, worker_only: bool = False) -> Path:
     """Run the manifest's jobs; returns the output folder. Raises BatchFailed if any job failed."""
     manifest = expand(read_config_file(manifest_path), str(manifest_path))
@@ -87,7 +94,7 @@ def run_batch(manifest_path: Path, workers: int = 1, started: float | None = Non
         queue.work(run_job, on_change=progress.update)
     else:
         command = [sys.executable, "-m", "magicme", "batch", str(manifest_path), "--worker", str(queue.started)]
-        children = [subprocess.Popen(command) for _ in range(workers)]
+        children = [subprocess.Popen(command, env=worker_environment(workers)) for _ in range(workers)]
         while any(child.poll() is None for child in children):
             progress.update()
             time.sleep(2)
