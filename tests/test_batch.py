@@ -110,12 +110,15 @@ def test_the_batch_finishes_every_job_and_a_rerun_skips_them(finished, tmp_path:
 
 def test_a_worker_killed_mid_job_holds_back_nothing_and_the_files_are_the_same(finished, tmp_path: Path) -> None:
     """Two worker processes share the queue; one is killed with SIGKILL inside a clip's chain. The batch
-    still finishes every job, to the files one process makes, with no partial file left."""
+    still finishes every job, to the files one process makes with as many CPU threads, with no partial
+    file left."""
     record, output_dir = finished
     out = tmp_path / "two"
     manifest = write_manifest(record | {"output_dir": str(out), "seeds": [0]}, tmp_path / "two.yaml")
     command = [sys.executable, "-m", "magicme", "batch", str(manifest), "--workers", "2"]
-    process = subprocess.Popen(command, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    threads = str(torch.get_num_threads())  # as `finished` ran: bit for bit needs the same float reductions
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     killed, job = None, None
     for line in process.stderr:
         if killed is None and "magicme: refine_face: running" in line:  # a worker is inside a clip's chain

@@ -76,8 +76,7 @@ class Progress:
 def worker_environment(workers: int) -> dict[str, str]:
     """Each worker's share of the CPU threads: workers that each take every core slow one another down
     (unless OMP_NUM_THREADS is set already)."""
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | os.environ
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))} | os.environ
 
 
 def run_batch(manifest_path: Path, workers: int = 1, started: float | None = None, worker_only: bool = False) -> Path:
