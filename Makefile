@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/magicme demo
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --size cpu

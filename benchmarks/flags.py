@@ -32,8 +32,8 @@ from magicme.t2v.generate import generate
 
 HERE = Path(__file__).resolve().parent
 FLAGS = {  # what `magicme generate` is given -> the ModelSettings it sets
-    "defaults (VAE slicing on)": {},
-    "--no-vae-slicing": {"vae_slicing": False},
+    "defaults (VAE chunks sized to memory)": {},
+    "--vae-slicing": {"vae_slicing": True},
     "--vae-tiling": {"vae_tiling": True},
     "--dtype bf16": {"dtype": "bf16"},
     "--compile-unet": {"compile_unet": True},

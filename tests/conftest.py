@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `make test` runs two pytest-xdist workers: they split the cores, as `magicme batch` workers do,
+# rather than each running one thread per core (set before torch loads, which reads it once).
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
 from collections.abc import Callable
 from pathlib import Path

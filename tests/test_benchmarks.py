@@ -25,11 +25,21 @@ def test_benchmark_script_runs_on_the_tiny_model(tmp_path: Path) -> None:
 def test_flags_benchmark_loads_each_setting_through_magicme_in_its_own_process(tmp_path: Path) -> None:
     output = tmp_path / "flags.json"
     command = [sys.executable, str(BENCHMARKS / "flags.py"), "--size", "tiny", "--output", str(output)]
-    subprocess.run([*command, "--only=--no-vae"], check=True, capture_output=True)
+    subprocess.run([*command, "--only=--vae-s"], check=True, capture_output=True)
     flags = json.loads(output.read_text())["flags"]
-    assert list(flags) == ["--no-vae-slicing"]
+    assert list(flags) == ["--vae-slicing"]
     for measured in flags.values():
         assert measured["clip_seconds"] > 0 and measured["peak_memory_gb"] > 0
+
+
+def test_memory_and_batching_benchmark_compares_each_change_with_the_stock_path(tmp_path: Path) -> None:
+    output = tmp_path / "memory.json"
+    command = [sys.executable, str(BENCHMARKS / "memory_and_batching.py"), "--size", "tiny", "--output", str(output)]
+    subprocess.run([*command, "--parts", "tiles", "training"], check=True, capture_output=True)
+    results = json.loads(output.read_text())
+    assert list(results["tiles"]["batches"]) == ["1", "9"]
+    assert results["tiles"]["max_abs_difference"] < 1e-4, "9 tiles in one batch denoise as one at a time"
+    assert results["training"]["cached_seconds"] > 0 and results["training"]["encoding_every_step_seconds"] > 0
 
 
 def test_guidance_sweep_measures_each_scale_on_the_world_model(tmp_path: Path) -> None:

@@ -92,6 +92,21 @@ def test_each_face_is_renoised_with_a_draw_of_the_clips_prior_at_the_guide_size(
     assert all(torch.equal(noise, expected.draw(4, 64, 64)) for noise in seen), "the seed's draws, in track order"
 
 
+def test_face_crops_go_to_the_denoiser_in_batches_and_refine_alike() -> None:
+    frames = torch.rand(4, 3, 128, 256, generator=torch.Generator().manual_seed(1))
+    faces = [(20, 20, 30, 30), (180, 30, 20, 20), (120, 80, 24, 24)]
+    stacks = []
+
+    def invert(crops: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        stacks.append((crops.shape[0], noise.shape[0]))
+        return 1 - crops
+
+    one_by_one = refine_faces(frames, invert, NOISE, lambda frame: faces, guide_size=64)
+    batched = refine_faces(frames, invert, NOISE, lambda frame: faces, guide_size=64, batch=2)
+    assert stacks == [(1, 1)] * 3 + [(2, 2), (1, 1)]
+    assert torch.equal(batched, one_by_one)
+
+
 def test_face_detector_choices_come_from_the_registry() -> None:
     from magicme import registry
     from magicme.settings import FaceSettings

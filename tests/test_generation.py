@@ -258,17 +258,39 @@ def test_vae_tiling_decodes_large_frames_alike(tiny_model) -> None:
     assert (tiled - plain).abs().mean() < 0.05, "tiles blend into nearly the same frames"
 
 
+def test_the_vae_takes_as_many_frames_as_the_free_memory_holds(tiny_model, monkeypatch) -> None:
+    from magicme.models import vae_chunks
+
+    base, motion = tiny_model
+    pipe = load_pipeline(ModelSettings(str(base), str(motion)))
+    one_frame = vae_chunks.DECODE_BYTES_PER_PIXEL * 64 * 64 / vae_chunks.MEMORY_SHARE
+    monkeypatch.setattr(vae_chunks, "free_memory", lambda device: int(3.5 * one_frame))
+    assert [vae_chunks.vae_chunk(pipe, frames, 64, 64) for frames in (8, 2)] == [3, 2]
+    decodes = []
+    hook = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decodes.append(len(args[0])))
+    chunked = generate(pipe, quick_settings())
+    monkeypatch.setattr(vae_chunks, "free_memory", lambda device: 0)
+    assert vae_chunks.vae_chunk(pipe, 8, 64, 64) == 1, "no room: one frame at a time, never none"
+    pipe.vae.enable_slicing()
+    monkeypatch.setattr(vae_chunks, "free_memory", lambda device: 2**50)
+    assert vae_chunks.vae_chunk(pipe, 8, 64, 64) == 1, "--vae-slicing: one frame at a time"
+    sliced = generate(pipe, quick_settings())
+    hook.remove()
+    assert decodes == [3, 3, 2] + [1] * 8
+    assert torch.allclose(chunked, sliced, atol=1e-5)
+
+
 def test_compile_flag_compiles_the_unet(tiny_model) -> None:
     base, motion = tiny_model
     pipe = load_pipeline(ModelSettings(str(base), str(motion), compile_unet=True))
     assert hasattr(pipe.unet, "_orig_mod"), "the UNet is wrapped by torch.compile (compiling happens on first call)"
 
 
-def test_an_uncached_hub_model_while_offline_says_how_to_fix_it(monkeypatch, capsys) -> None:
+def test_an_uncached_hub_model_while_offline_says_how_to_fix_it(tmp_path: Path, monkeypatch, capsys) -> None:
     from magicme.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = ["generate", "--base-model", "nobody/no-such-model", "--prompt", "a cat", "-o", "never.mp4"]
+    argv = ["generate", "--base-model", "nobody/no-such-model", "--prompt", "a cat", "-o", str(tmp_path / "never.mp4")]
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "base model nobody/no-such-model could not be loaded and is not in the local cache" in error

@@ -80,9 +80,40 @@ def test_windows_blend_back_to_the_input_with_an_identity_denoiser() -> None:
     sizes = []
     noise = torch.randn(1, 4, 11, 1, 1)
     parts = []
-    blended = denoise_in_windows(frames, lambda w, n: sizes.append(len(w)) or parts.append(n) or w, noise, 4, 1)
+    blended = denoise_in_windows(frames, lambda w, n: sizes.append(w.shape[1]) or parts.append(n) or w, noise, 4, 1)
     assert torch.allclose(blended, frames, atol=1e-6) and set(sizes) == {4}
     assert torch.equal(parts[0], noise[:, :, :4]) and torch.equal(parts[-1], noise[:, :, 7:]), "the frames' noise"
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler-ancestral"])
+def test_tiles_denoised_in_batches_match_tiles_denoised_one_at_a_time(tiny_pipe, scheduler: str) -> None:
+    """4 tiles in UNet batches of 3 (then 1) give what 4 calls give, ancestral sampling's draws included."""
+    from magicme.settings import UpscaleSettings
+    from magicme.v2v.denoiser import make_denoiser, noise_field_for
+    from magicme.v2v.tiles import denoise_tiled
+
+    settings = UpscaleSettings(prompt="a photo of <alice> woman", strength=0.5, num_inference_steps=4)
+    settings.scheduler = scheduler
+    denoise = make_denoiser(tiny_pipe, settings)
+    frames = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    field = noise_field_for(tiny_pipe, settings).draw(4, 128, 128)
+    batches = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        one_by_one = denoise_tiled(frames, denoise, field, tile=64, overlap=16)
+        batched = denoise_tiled(frames, denoise, field, tile=64, overlap=16, batch=3)
+    finally:
+        hook.remove()
+    assert batches == [2] * 8 + [6, 6, 2, 2], "2 steps: 4 tiles x (cond, uncond), then 3 + 1 tiles"
+    assert (one_by_one - frames).abs().mean() > 0.05, "the tiles were denoised"
+    assert torch.allclose(batched, one_by_one, atol=1e-4)
+
+
+def test_a_crop_batch_below_one_is_refused(small_clip: Path, model_args, tmp_path: Path, capsys) -> None:
+    argv = ["upscale", str(small_clip), *model_args, *FAST, "--crop-batch", "0", "-o", str(tmp_path / "never.mp4")]
+    assert main(argv) == 2
+    assert "crop-batch" in capsys.readouterr().err.replace("_", "-")
+    assert not (tmp_path / "never.mp4").exists()
 
 
 def test_stage_without_prompt_is_a_clear_error(small_clip: Path, model_args, capsys) -> None:

@@ -36,7 +36,7 @@ def test_a_denoiser_that_returns_its_input_reproduces_the_frames() -> None:
 
     noise = torch.randn(1, 4, 3, 25, 43)
     assert torch.allclose(denoise_tiled(frames, identity, noise, tile=128, overlap=32), frames, atol=1e-6)
-    assert all(shape == (3, 3, 160, 160) for shape in shapes), "memory is bounded by tile + overlap"
+    assert all(shape == (1, 3, 3, 160, 160) for shape in shapes), "memory is bounded by tile + overlap"
 
 
 def test_seams_blend_smoothly() -> None:

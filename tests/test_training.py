@@ -117,6 +117,35 @@ def test_loss_drops_over_steps(settings: TrainingSettings, tmp_path: Path) -> No
     assert after < before - 0.005, f"loss did not drop: {before:.4f} -> {after:.4f}"
 
 
+@pytest.mark.parametrize("augmentation", ["flip", "none"])
+def test_cached_photo_latents_train_exactly_as_encoding_every_step(
+    settings: TrainingSettings, tmp_path: Path, augmentation: str
+) -> None:
+    """Each view is encoded once, and the losses are the ones re-encoding it at every step gives."""
+    settings = dataclasses.replace(settings, augment=augmentation, batch_size=4)
+    cached, fresh = make_trainer(settings, tmp_path / "a"), make_trainer(settings, tmp_path / "b")
+    encodes = []
+    hook = cached.pipe.vae.encoder.register_forward_pre_hook(lambda module, args: encodes.append(len(args[0])))
+    losses, fresh_losses = [], []
+    for _ in range(6):
+        losses.append(cached.step())
+        fresh.latent_cache.clear()
+        fresh_losses.append(fresh.step())
+    hook.remove()
+    assert losses == fresh_losses
+    views = len(cached.masked) * (2 if augmentation == "flip" else 1)
+    assert set(encodes) == {1} and len(encodes) == len(cached.latent_cache.moments) <= views < 6 * 4
+    assert cached.latent_cache.moments.keys() <= {(i, m) for i in range(len(cached.masked)) for m in (False, True)}
+
+
+def test_the_papers_augmentation_makes_new_pixels_every_step(settings: TrainingSettings, tmp_path: Path) -> None:
+    trainer = make_trainer(settings, tmp_path)
+    batch = draw_batch(trainer.masked, trainer.settings, trainer.caption, torch.Generator().manual_seed(0))
+    assert batch.views is None, "rotations and zooms: nothing to reuse"
+    trainer.step()
+    assert not trainer.latent_cache.moments
+
+
 def test_run_writes_identity_exports_masks_and_checkpoints(settings: TrainingSettings) -> None:
     settings = dataclasses.replace(settings, validation_every=2)
     identity_path = train_identity(settings)
@@ -249,7 +278,7 @@ def test_a_v_prediction_model_trains_on_velocity_and_others_are_refused(
 
     from magicme.testing.tiny import build_tiny_model
 
-    batch = training.Batch(torch.rand(2, 3, 64, 64) * 2 - 1, torch.ones(2, 1, 64, 64), ["a photo of a woman"] * 2)
+    batch = training.Batch(torch.rand(2, 3, 64, 64) * 2 - 1, torch.ones(2, 1, 64, 64), ["a photo of a woman"] * 2, None)
     targets, inputs = {}, {}
     for prediction in ("epsilon", "v_prediction"):
         pipe = build_tiny_model()[0]

@@ -59,7 +59,10 @@ class ModelSettings:
     device: str = _help("torch device: auto picks cuda, then mps, then cpu", default="auto")
     dtype: str = _help("weights dtype; auto is fp16 on cuda, fp32 elsewhere", choices=DTYPES, default="auto")
     cpu_offload: bool = _help("keep models on the CPU until used (saves GPU memory, slower)", default=False)
-    vae_slicing: bool = _help("decode the VAE one frame at a time (saves memory)", default=True)
+    vae_slicing: bool = _help(
+        "run the VAE one frame at a time: least memory, slower (default: frames in chunks sized to the free memory)",
+        default=False,
+    )
     vae_tiling: bool = _help("decode the VAE in tiles (saves memory for large frames)", default=False)
     compile_unet: bool = _help("torch.compile the UNet (slow first call, faster after; best on GPU)", default=False)
 
@@ -182,6 +185,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 MASK_BACKENDS = ("grounded-sam", "clipseg", "offline", "files", "none")
+AUGMENTATIONS = ("paper", "flip", "none")  # magicme.identity.augment
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
@@ -207,6 +211,12 @@ class TrainingSettings:
         "override the mask models (hub ids or folders): GroundingDINO then SAM, or one CLIPSeg", default_factory=list
     )
     whole_image_rate: float = _help("chance a sample trains on the whole photo, not the mask", default=0.05)
+    augment: str = _help(
+        "paper: flip, rotation and zoom in or out with captions to match (the VAE encodes every sample again "
+        "at every step); flip: mirror only; none: the centre square (flip and none encode each photo view once)",
+        choices=AUGMENTATIONS,
+        default="paper",
+    )
     resolution: int = _help("training size in pixels", default=512)
     steps: int = _help("optimisation steps", default=400)
     batch_size: int = _help("photos per step", default=4)
@@ -254,6 +264,11 @@ class VideoToVideoSettings:
     seed: int = _help(
         "random seed: draws the clip's one noise field, shared by every tile, face and window (-1: a random one)",
         default=0,
+    )
+    crop_batch: int = _help(
+        "tiles, face crops or edit windows denoised per UNet call: faster where memory allows, "
+        "each one more costs one more crop's activations (1: least memory)",
+        default=1,
     )
     fps: int = _help("frames per second of the written video", default=8)
 

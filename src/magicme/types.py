@@ -14,8 +14,8 @@ Latents = torch.Tensor  # (B, C, F, h, w): B videos, C latent channels, F frames
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 FaceDetector = Callable[[np.ndarray], list[Box]]  # one RGB uint8 frame (H, W, 3) -> its face boxes
 FaceEmbedder = Callable[[np.ndarray], torch.Tensor | None]  # one RGB uint8 image -> (D,), or None: no face
-# Re-noise `frames` (F, 3, H, W) with `noise` (1, C, F, H / s, W / s) to the stage's strength and
-# denoise them as a video; returns frames of the same shape. The caller owns the noise.
-Denoiser = Callable[[Frames, Latents], Frames]
+# Re-noise B same-sized clips `frames` (B, F, 3, H, W) with `noise` (B, C, F, H / s, W / s) to the
+# stage's strength and denoise each as a video; returns (B, F, 3, H, W). The caller owns the noise.
+Denoiser = Callable[[torch.Tensor, Latents], torch.Tensor]
 # (frames, height, width) -> the next noise field (1, C, F, height / s, width / s) of a clip, from its prior
 NoiseSource = Callable[[int, int, int], Latents]

@@ -29,6 +29,7 @@ from magicme.errors import SettingError
 from magicme.identity.augment import augment
 from magicme.identity.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
 from magicme.identity.files import Identity, export_a1111, identity_tokens, save_identity
+from magicme.identity.latent_cache import LatentCache, View
 from magicme.identity.lora import add_unet_lora, save_kohya_lora
 from magicme.identity.masks import contact_sheet, prepare_masks
 from magicme.identity.photos import Photo, load_photos
@@ -68,6 +69,7 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, S, S) in [-1, 1]
     masks: torch.Tensor  # (B, 1, S, S) in {0, 1}
     captions: list[str]
+    views: list[View] | None  # which photo view each sample is, where the augmentation repeats views
 
 
 def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -107,10 +109,16 @@ def add_identity_tokens(pipe: StableDiffusionPipeline, tokens: list[str], words:
 def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSettings, caption: str, generator) -> Batch:
     """Pick photos, augment each with its mask; a few samples train on the whole photo."""
     picks = torch.randint(len(masked), (settings.batch_size,), generator=generator).tolist()
-    samples = [augment(masked[i][0].image, masked[i][1], settings.resolution, generator) for i in picks]
+    samples = [
+        augment(masked[i][0].image, masked[i][1], settings.resolution, generator, settings.augment) for i in picks
+    ]
     whole = torch.rand(settings.batch_size, generator=generator) < settings.whole_image_rate
     masks = torch.stack([torch.ones_like(s.mask) if w else s.mask for s, w in zip(samples, whole, strict=True)])
-    return Batch(torch.stack([s.pixels for s in samples]), masks, [s.caption_prefix + caption for s in samples])
+    views = (
+        None if settings.augment == "paper" else [(i, bool(s.mirrored)) for i, s in zip(picks, samples, strict=True)]
+    )
+    captions = [s.caption_prefix + caption for s in samples]
+    return Batch(torch.stack([s.pixels for s in samples]), masks, captions, views)
 
 
 def training_loss(
@@ -120,11 +128,16 @@ def training_loss(
     batch: Batch,
     settings: TrainingSettings,
     generator: torch.Generator,
+    cache: LatentCache | None = None,
 ) -> torch.Tensor:
-    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them)."""
+    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them);
+    with `cache`, samples whose view it holds are not encoded again."""
     device, dtype = pipe.vae.device, pipe.vae.dtype
     with torch.no_grad():
-        latents = pipe.vae.encode(batch.pixels.to(device, dtype)).latent_dist.sample(generator)
+        if cache is not None and batch.views is not None:
+            latents = cache.sample(batch.pixels, batch.views, generator)
+        else:
+            latents = pipe.vae.encode(batch.pixels.to(device, dtype)).latent_dist.sample(generator)
         latents = latents.float() * pipe.vae.config.scaling_factor  # (B, 4, h, w)
     noise = randn_tensor(latents.shape, generator=generator, device=device)
     noise = noise + settings.noise_offset * randn_tensor((*latents.shape[:2], 1, 1), generator=generator, device=device)
@@ -288,6 +301,7 @@ class IdentityTrainer:
         self.text_encoder, self.optimizer = accelerator.prepare(self.pipe.text_encoder, torch.optim.AdamW(groups))
         self.unet = accelerator.prepare(self.pipe.unet) if settings.lora_rank else self.pipe.unet
         self.generator = torch.Generator().manual_seed(settings.seed + accelerator.process_index)
+        self.latent_cache = LatentCache(self.pipe.vae)
         self.step_count, self.mid_step = 0, False
 
     def step(self) -> float:
@@ -295,7 +309,9 @@ class IdentityTrainer:
         self.mid_step = True
         batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
         with self.accelerator.autocast():
-            loss = training_loss(self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator)
+            loss = training_loss(
+                self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator, self.latent_cache
+            )
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
         self.optimizer.step()

@@ -18,6 +18,7 @@ from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path
 from magicme.models.loading import shared_pipeline
 from magicme.models.schedulers import make_scheduler
+from magicme.models.vae_chunks import vae_chunk
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
 from magicme.t2v.prompts import parse_prompt_schedule
@@ -131,6 +132,7 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
         guidance_scale=settings.guidance_scale,
         generator=generator,
         latents=latents,
+        decode_chunk_size=vae_chunk(pipe, settings.num_frames, settings.height, settings.width),
         output_type="pt",
     )
     frames = output.frames[0]  # (F, C, H, W)

@@ -12,11 +12,11 @@ import logging
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from magicme.detection import opencv_face_detector, overlap
 from magicme.io.video import resize_frames, to_uint8
 from magicme.types import Box, Denoiser, FaceDetector, Frames, NoiseSource
+from magicme.v2v.batches import denoise_in_batches
 
 log = logging.getLogger("magicme")
 
@@ -75,12 +75,13 @@ def refine_faces(
     feather: int = 5,
     largest_only: bool = False,
     min_enlargement: float = 1.0,
+    batch: int = 1,
 ) -> Frames:
     """Face VCD over a clip; a clip with no face comes back unchanged, with a warning.
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: re-noises and denoises a crop (F, 3, guide_size, guide_size) with its noise.
+        denoise: re-noises and denoises a stack of crops (B, F, 3, guide_size, guide_size) with their noise.
         noise: draws the clip's noise (`NoiseField.draw`); each face track's crop is re-noised
             with the next draw at `guide_size` (its crop of the frame is seen at another scale).
         detector: one RGB uint8 frame (H, W, 3) -> its face boxes (x, y, w, h).
@@ -91,6 +92,7 @@ def refine_faces(
         min_enlargement: leave a face whose crop would be enlarged less than this to reach `guide_size`:
             Face VCD adds detail by redrawing a small face large; a face already at the guide size
             gains no resolution, and redrawing it only drifts from the clip. 1 or less: refine every face.
+        batch: face crops per denoiser call.
 
     Returns:
         frames of the input's shape; nothing outside the face regions changes.
@@ -100,17 +102,24 @@ def refine_faces(
     if not tracks:
         log.warning("no face found in any frame: the video passes through Face VCD unchanged")
         return frames
-    refined = frames.clone()
-    for track in tqdm(tracks[:1] if largest_only else tracks, desc="Face VCD faces", leave=False):
+    regions = []
+    for track in tracks[:1] if largest_only else tracks:
         x, y, side = crop_region(fill_missing(track), crop_factor, height, width)
         if min_enlargement > 1 and guide_size / side < min_enlargement:
             log.info(
                 "Face VCD: a face whose %d px crop is near the guide size (%d px) is left as it is", side, guide_size
             )
             continue
-        crop = refined[..., y : y + side, x : x + side]
-        guide = denoise(resize_frames(crop, (guide_size, guide_size)), noise(len(frames), guide_size, guide_size))
-        face = resize_frames(guide, (side, side))
+        regions.append((slice(y, y + side), slice(x, x + side), side))
+    # every crop is cut from the clip as it came, so the faces do not depend on the order they are refined in
+    crops = [resize_frames(frames[..., rows, columns], (guide_size, guide_size)) for rows, columns, _ in regions]
+    noises = [noise(len(frames), guide_size, guide_size) for _ in regions]
+    refined = frames.clone()
+    for (rows, columns, side), guide in zip(
+        regions, denoise_in_batches(denoise, crops, noises, batch, "Face VCD faces"), strict=True
+    ):
         alpha = feather_mask(side, feather)
-        refined[..., y : y + side, x : x + side] = crop * (1 - alpha) + face * alpha
+        refined[..., rows, columns] = (
+            refined[..., rows, columns] * (1 - alpha) + resize_frames(guide, (side, side)) * alpha
+        )
     return refined

@@ -19,7 +19,7 @@ from magicme.registry import face_detector
 from magicme.settings import EditSettings, FaceSettings, ModelSettings, UpscaleSettings, VideoToVideoSettings
 from magicme.t2v.noise_prior import NoiseField
 from magicme.types import Denoiser
-from magicme.v2v.denoiser import check_strength, make_denoiser, noise_field_for
+from magicme.v2v.denoiser import check_stage_settings, make_denoiser, noise_field_for
 from magicme.v2v.faces import refine_faces
 from magicme.v2v.tiles import tiled_vcd, upscale_and_sharpen
 from magicme.v2v.windows import denoise_in_windows
@@ -32,7 +32,7 @@ def load_denoiser(
     and the noise field the stage draws from."""
     if not settings.prompt.strip():
         raise SettingError("prompt", "a prompt is needed, e.g. 'a photo of <alice> woman'")
-    check_strength(settings)
+    check_stage_settings(settings)
     pipe: AnimateDiffPipeline = shared_pipeline(model)
     return make_denoiser(pipe, settings, source_prompt), noise_field_for(pipe, settings)
 
@@ -54,6 +54,7 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
             settings.feather,
             settings.largest_only,
             settings.min_enlargement,
+            settings.crop_batch,
         )
         sections = {"model": model, "refine_face": settings}
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
@@ -82,6 +83,8 @@ def edit_video(model: ModelSettings, settings: EditSettings, source: Path, outpu
         inversion = settings.method == "ddim-inversion"
         denoise, noise = load_denoiser(model, settings, settings.source_prompt if inversion else None)
         field = noise.draw(*frames.shape[:1], *frames.shape[-2:])
-        edited = denoise_in_windows(frames, denoise, field, settings.window, settings.window_overlap)
+        edited = denoise_in_windows(
+            frames, denoise, field, settings.window, settings.window_overlap, settings.crop_batch
+        )
         sections = {"model": model, "edit": settings}
         return save_with_sidecar(edited, output, settings.fps, sections, started, source=str(source))

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from magicme.errors import SettingError
 from magicme.io.video import from_uint8, resize_frames, scaled_size, to_uint8
 from magicme.settings import UpscaleSettings
 from magicme.types import Denoiser, Frames, Latents, NoiseSource
+from magicme.v2v.batches import denoise_in_batches
 from magicme.v2v.windows import axis_ramps, spread
 
 
@@ -53,29 +53,34 @@ def tile_weights(
     return [(rows, columns, weight / total[rows, columns]) for rows, columns, weight in tiles]
 
 
-def denoise_tiled(frames: Frames, denoise: Denoiser, noise: Latents, tile: int = 512, overlap: int = 64) -> Frames:
+def denoise_tiled(
+    frames: Frames, denoise: Denoiser, noise: Latents, tile: int = 512, overlap: int = 64, batch: int = 1
+) -> Frames:
     """Run `denoise` over overlapping video tiles, blended seamlessly.
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: re-noises and denoises a tile (F, 3, tile + overlap, tile + overlap) with its noise.
+        denoise: re-noises and denoises a stack of tiles (B, F, 3, tile + overlap, tile + overlap) with their noise.
         noise: the clip's one noise field, (1, C, F, H / s, W / s); each tile is re-noised with the
             crop of it under the tile, so overlapping tiles start from the same noise where they overlap.
         tile: each tile's share of the frame in pixels; `tile + overlap` must be a multiple of s.
         overlap: pixels each tile extends into its neighbours.
+        batch: tiles per denoiser call.
 
     Returns:
         frames of the input's shape.
     """
     scale = frames.shape[-1] // noise.shape[-1]
-    result = torch.zeros_like(frames)  # (F, 3, H, W)
     tiles = tile_weights(*frames.shape[-2:], tile, overlap, align=scale)
-    for rows, columns, weight in tqdm(tiles, desc="Tiled VCD tiles", leave=False, disable=len(tiles) == 1):
-        latent_rows = slice(rows.start // scale, rows.stop // scale)
-        latent_columns = slice(columns.start // scale, columns.stop // scale)
-        result[..., rows, columns] += (
-            denoise(frames[..., rows, columns], noise[..., latent_rows, latent_columns]) * weight
-        )
+    crops = [frames[..., rows, columns] for rows, columns, _ in tiles]
+    noises = [
+        noise[..., rows.start // scale : rows.stop // scale, columns.start // scale : columns.stop // scale]
+        for rows, columns, _ in tiles
+    ]
+    result = torch.zeros_like(frames)  # (F, 3, H, W)
+    denoised = denoise_in_batches(denoise, crops, noises, batch, "Tiled VCD tiles")
+    for (rows, columns, weight), tile_frames in zip(tiles, denoised, strict=True):
+        result[..., rows, columns] += tile_frames * weight
     return result
 
 
@@ -86,14 +91,15 @@ def tiled_vcd(frames: Frames, denoise: Denoiser, noise: NoiseSource, settings: U
         frames: the clip, (F, 3, H, W) floats in [0, 1].
         denoise: the stage's denoiser (`make_denoiser` with the upscale settings).
         noise: draws the clip's noise field (`NoiseField.draw`), once, at the upscaled size.
-        settings: factor, upscaler, tile, overlap and sharpening.
+        settings: factor, upscaler, tile, overlap, tiles per denoiser call and sharpening.
 
     Returns:
         frames (F, 3, H', W'), H' and W' the upscaled sizes rounded to multiples of 8.
     """
     upscaled = upscale_frames(frames, settings.factor, settings.upscaler_model)
     field = noise(*upscaled.shape[:1], *upscaled.shape[-2:])
-    return sharpen(denoise_tiled(upscaled, denoise, field, settings.tile, settings.overlap), settings.sharpen)
+    denoised = denoise_tiled(upscaled, denoise, field, settings.tile, settings.overlap, settings.crop_batch)
+    return sharpen(denoised, settings.sharpen)
 
 
 def upscale_and_sharpen(frames: Frames, settings: UpscaleSettings) -> Frames:

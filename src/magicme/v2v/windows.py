@@ -8,9 +8,9 @@ no seam shows and a denoiser that returns its input gives back the clip exactly.
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from magicme.types import Denoiser, Frames, Latents
+from magicme.v2v.batches import denoise_in_batches
 
 
 def spread(length: int, window: int, count: int, align: int = 1) -> list[int]:
@@ -45,25 +45,30 @@ def axis_ramps(starts: list[int], size: int) -> list[torch.Tensor]:
     return ramps
 
 
-def denoise_in_windows(frames: Frames, denoise: Denoiser, noise: Latents, window: int, overlap: int) -> Frames:
+def denoise_in_windows(
+    frames: Frames, denoise: Denoiser, noise: Latents, window: int, overlap: int, batch: int = 1
+) -> Frames:
     """Denoise a long clip `window` frames at a time, overlaps blended.
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: re-noises and denoises (window, 3, H, W) frames with their noise.
+        denoise: re-noises and denoises a stack of windows (B, window, 3, H, W) with their noise.
         noise: the clip's noise field (1, C, F, H / s, W / s); each window gets its frames' part.
         window: frames denoised together (the motion module's window).
         overlap: frames shared by consecutive windows.
+        batch: windows per denoiser call.
 
     Returns:
         frames of the input's shape.
     """
     starts = window_starts(frames.shape[0], window, overlap)
     size = min(window, frames.shape[0])
+    parts = [slice(start, start + size) for start in starts]
+    denoised = denoise_in_batches(
+        denoise, [frames[p] for p in parts], [noise[:, :, p] for p in parts], batch, "windows"
+    )
     result, total = torch.zeros_like(frames), torch.zeros(frames.shape[0])
-    windows = zip(starts, axis_ramps(starts, size), strict=True)
-    for start, ramp in tqdm(list(windows), desc="windows", leave=False, disable=len(starts) == 1):
-        part = slice(start, start + size)
-        result[part] += denoise(frames[part], noise[:, :, part]) * ramp[:, None, None, None]
+    for part, ramp, window_frames in zip(parts, axis_ramps(starts, size), denoised, strict=True):
+        result[part] += window_frames * ramp[:, None, None, None]
         total[part] += ramp
     return result / total[:, None, None, None]
