@@ -25,9 +25,12 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 from run import SIZES, Size, build_components, build_video_pipeline, progress, synchronize, timed  # benchmarks/
@@ -49,19 +52,29 @@ def current_memory(device: str) -> int:
     return pages * 4096
 
 
-def peak_memory(device: str) -> int:
-    """Bytes at the peak: CUDA's since the last reset, or this process's resident set."""
-    import resource
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def start_peak(device: str) -> int:
+def timed_with_peak(device: str, function: Callable[[], Any]) -> tuple[float, Any, float]:
+    """(seconds, result, GB of memory at the peak above where it started) of one call. On CUDA the
+    allocator's own peak; on the CPU the resident set sampled every millisecond from a thread (the
+    process's lifetime peak would count building the model too)."""
+    start = current_memory(device)
+    peak, running = [start], threading.Event()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    return current_memory(device)
+    else:
+
+        def sample() -> None:
+            while not running.wait(0.001):
+                peak.append(max(peak[-1], current_memory(device)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+    seconds, result = timed(function, 1, warmup=False)
+    if device == "cuda":
+        peak.append(torch.cuda.max_memory_allocated())
+    else:
+        running.set()
+        sampler.join()
+    return seconds, result, (max(peak) - start) / 2**30
 
 
 def measure_vae(size_name: str, direction: str, chunk: int) -> dict:
@@ -81,10 +94,9 @@ def measure_vae(size_name: str, direction: str, chunk: int) -> dict:
             return vae.decode(frames).sample
         return vae.encode(frames).latent_dist.mean
 
-    run(inputs[:1])  # warm-up at one frame: below every setting's peak
-    before = start_peak(size.device)
-    seconds, _ = timed(lambda: torch.cat([run(part) for part in inputs.split(chunk)]), 1, warmup=False)
-    return {"seconds": seconds, "peak_above_weights_gb": (peak_memory(size.device) - before) / 2**30}
+    run(inputs[:1])  # warm-up at one frame
+    seconds, _, peak = timed_with_peak(size.device, lambda: torch.cat([run(part) for part in inputs.split(chunk)]))
+    return {"seconds": seconds, "peak_above_weights_gb": peak}
 
 
 def measure_crops(size_name: str, part: str, batch: int, output: Path) -> dict:
@@ -114,12 +126,11 @@ def measure_crops(size_name: str, part: str, batch: int, output: Path) -> dict:
                 frames, denoise, noise, lambda frame: boxes, guide_size=size.pixels, crop_factor=1.5, batch=batch
             )
 
-    before = start_peak(size.device)
-    seconds, result = timed(run, 1, warmup=False)
+    seconds, result, peak = timed_with_peak(size.device, run)
     from safetensors.torch import save_file
 
     save_file({"frames": result.contiguous()}, output)
-    return {"seconds": seconds, "peak_above_weights_gb": (peak_memory(size.device) - before) / 2**30}
+    return {"seconds": seconds, "peak_above_weights_gb": peak}
 
 
 def measure_training(size_name: str) -> dict:

@@ -85,6 +85,7 @@ def test_a_manifest_expands_into_training_then_clips_that_need_it(tiny_model, as
         ({"identities": {"bob": {"file": "missing.safetensors", "class_word": "man"}}}, "no photos to score"),
         ({"seeds": "0"}, "list of integers"),
         ({"stages": []}, "unknown key"),
+        ({"train_together": 0}, "whole number"),
     ],
 )
 def test_bad_manifests_are_clear_errors(
@@ -147,6 +148,36 @@ def test_a_failed_job_is_reported_and_the_rest_finish(finished, tmp_path: Path) 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["failed_jobs"]) == {"identities/broken", "clips/broken/0-seed0"}
     assert report["done"] == 1 and (tmp_path / "out" / "clips/alice/0-seed0/metrics.json").is_file()
+
+
+def test_identities_train_together_and_a_failed_group_trains_each_alone(finished, tmp_path: Path, caplog) -> None:
+    """`train_together: 2` learns two identities on one model, each as it learns alone; a group with a
+    corrupt photo folder in it falls back to one at a time, and only that identity fails."""
+    from magicme.identity.files import load_identity
+
+    record, output_dir = finished
+    photos = record["identities"]["astro"]
+    fast = {key: value for key, value in record.items() if key not in ("refine_face", "evaluation")}
+    fast |= {"seeds": [0], "train_together": 2}
+    together = fast | {"output_dir": str(tmp_path / "together"), "identities": {"astro": photos, "bert": photos}}
+    caplog.set_level(logging.INFO, logger="magicme")
+    run_batch(write_manifest(together, tmp_path / "together.yaml"))
+    assert "training: astro, bert together" in caplog.text
+    alone = load_identity(output_dir / "identities/astro/training/astro.safetensors").embeddings
+    packed = load_identity(tmp_path / "together/identities/astro/training/astro.safetensors").embeddings
+    assert (packed - alone).abs().max() < 1e-5
+    assert (tmp_path / "together/clips/bert/0-seed0/generation.mp4").is_file()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "photo.jpg").write_bytes(b"not a photo")
+    identities = {"broken": {"photos": str(broken)}, "astro": photos, "bert": photos}
+    mixed = fast | {"output_dir": str(tmp_path / "mixed"), "identities": identities, "train_together": 3}
+    with pytest.raises(BatchFailed, match="2 of 6 jobs failed"):
+        run_batch(write_manifest(mixed, tmp_path / "mixed.yaml"))
+    assert "failed together" in caplog.text
+    report = json.loads((tmp_path / "mixed" / "report.json").read_text())
+    assert set(report["failed_jobs"]) == {"identities/broken", "clips/broken/0-seed0"} and report["done"] == 4
 
 
 def test_a_job_another_worker_holds_does_not_hold_back_the_rest(tmp_path: Path) -> None:

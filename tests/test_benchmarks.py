@@ -42,6 +42,15 @@ def test_memory_and_batching_benchmark_compares_each_change_with_the_stock_path(
     assert results["training"]["cached_seconds"] > 0 and results["training"]["encoding_every_step_seconds"] > 0
 
 
+def test_packed_training_benchmark_times_both_ways_and_compares_the_rows(tmp_path: Path) -> None:
+    output = tmp_path / "packed.json"
+    command = [sys.executable, str(BENCHMARKS / "packed_training.py"), "--identities", "2", "--steps", "2"]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    results = json.loads(output.read_text())
+    assert set(results["ways"]) == {"one at a time", "together"}
+    assert results["max_row_difference"] < 1e-4 and results["speedup"] > 0
+
+
 def test_guidance_sweep_measures_each_scale_on_the_world_model(tmp_path: Path) -> None:
     """The figures live in the README; here only that the sweep scores every scale in range."""
     output = tmp_path / "guidance.json"

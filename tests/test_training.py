@@ -146,6 +146,43 @@ def test_the_papers_augmentation_makes_new_pixels_every_step(settings: TrainingS
     assert not trainer.latent_cache.moments
 
 
+def test_identities_trained_together_learn_what_each_learns_alone(
+    settings: TrainingSettings, tmp_path: Path, monkeypatch
+) -> None:
+    """3 identities share each UNet call and end within rounding of training each alone with its seed."""
+    names = ["ann", "bob", "cid"]
+    together = [
+        dataclasses.replace(settings, name=name, seed=seed, output_dir=str(tmp_path / "together" / name))
+        for seed, name in enumerate(names)
+    ]
+    alone = [dataclasses.replace(s, output_dir=str(tmp_path / "alone" / s.name)) for s in together]
+    unet_batches = []
+    real_losses = training.batch_losses
+
+    def counting(text_encoder, unet, batches, dtype):
+        unet_batches.append(sum(len(b.noisy) for b in batches))
+        return real_losses(text_encoder, unet, batches, dtype)
+
+    monkeypatch.setattr(training, "batch_losses", counting)
+    packed = [load_identity(path) for path in training.train_identities(together)]
+    assert unet_batches == [3 * settings.batch_size] * settings.steps, "one UNet call per step for all three"
+    for identity, single in zip(packed, alone, strict=True):
+        own = load_identity(train_identity(single))
+        assert identity.name == own.name and identity.metadata["steps_trained"] == settings.steps
+        assert (identity.embeddings - own.embeddings).abs().max() < 1e-5
+    assert not torch.equal(packed[0].embeddings, packed[1].embeddings), "each learned its own rows"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"lora_rank": 4}, "share the UNet"), ({"resolution": 32}, "resolution"), ({"name": "astro"}, "different names")],
+)
+def test_identities_that_cannot_share_a_model_are_refused(settings: TrainingSettings, change, message) -> None:
+    other = dataclasses.replace(settings, name="other", output_dir=settings.output_dir + "-other")
+    with pytest.raises(ValueError, match=message):
+        training.train_identities([settings, dataclasses.replace(other, **change)])
+
+
 def test_run_writes_identity_exports_masks_and_checkpoints(settings: TrainingSettings) -> None:
     settings = dataclasses.replace(settings, validation_every=2)
     identity_path = train_identity(settings)
@@ -181,14 +218,14 @@ def test_resume_equals_an_uninterrupted_run(settings: TrainingSettings, tmp_path
 def test_ctrl_c_leaves_a_checkpoint_that_resumes(settings: TrainingSettings, tmp_path: Path, monkeypatch) -> None:
     straight = load_identity(train_identity(dataclasses.replace(settings, checkpoint_every=100))).embeddings
     interrupted = dataclasses.replace(settings, output_dir=str(tmp_path / "interrupted"), checkpoint_every=100)
-    real_step = IdentityTrainer.step
+    real_step = training.step_together
 
-    def step_then_interrupt(self):
-        if self.step_count == 3:
+    def step_then_interrupt(trainers: list[IdentityTrainer]) -> list[float]:
+        if trainers[0].step_count == 3:
             raise KeyboardInterrupt
-        return real_step(self)
+        return real_step(trainers)
 
-    monkeypatch.setattr(IdentityTrainer, "step", step_then_interrupt)
+    monkeypatch.setattr(training, "step_together", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_identity(interrupted)
     assert (Path(interrupted.output_dir) / "checkpoints" / "step-000003").is_dir()

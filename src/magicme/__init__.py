@@ -8,6 +8,7 @@ The Python API in a few names; heavy modules load on first use so `import magicm
     magicme.save_video(frames, "alice.mp4")
 
     magicme.train_identity(magicme.TrainingSettings(photos="photos/alice", name="alice", class_word="woman"))
+    magicme.train_identities([alice, bob])  # several TrainingSettings on one model, one UNet call per step
 """
 
 from importlib import import_module
@@ -32,6 +33,7 @@ __all__ = [
     "sample_noise_prior",
     "save_identity",
     "save_video",
+    "train_identities",
     "train_identity",
     "with_preset",
 ]
@@ -45,6 +47,7 @@ _LAZY = {
     "render": "magicme.t2v.generate",
     "sample_noise_prior": "magicme.t2v.noise_prior",
     "save_video": "magicme.io.video",
+    "train_identities": "magicme.identity.train",
     "train_identity": "magicme.identity.train",
     "with_preset": "magicme.models.presets",
 }

@@ -17,6 +17,9 @@ import json
 import logging
 import shutil
 import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -137,30 +140,77 @@ def run_stages(config: dict[str, Any], source: str = "config") -> Path | None:
     output_dir, video, model, stages = parse_chain(config, source)
     with exclusive(output_dir):  # one chain per folder: two would race over its stages' markers
         for name, settings in stages.items():
-            record = {name: dataclasses.asdict(settings)} | (
-                {"model": dataclasses.asdict(model)} if name != "training" else {}
-            )
-            output = output_dir / ("training" if name == "training" else f"{name}.mp4")
-            marker = output_dir / f"{name}.done"
-            key = fingerprint(record, stage_inputs(name, settings, model, video))
-            if output.exists() and marker.is_file() and json.loads(marker.read_text())["fingerprint"] == key:
+            stage = Stage(name, settings, model, video, output_dir)
+            if stage.done():
                 log.info("%s: done before with the same settings and input, skipping", name)
             else:
                 log.info("%s: running", name)
                 if name == "training":
-                    train_identity(training_run(settings, output))
+                    train_identity(training_run(settings, stage.output))
                 elif name == "generation":
-                    render(model, settings, output)
+                    render(model, settings, stage.output)
                 elif name == "edit":
-                    edit_video(model, settings, video, output)
+                    edit_video(model, settings, video, stage.output)
                 elif name == "refine_face":
-                    refine_face_video(model, settings, video, output)
+                    refine_face_video(model, settings, video, stage.output)
                 else:
-                    upscale_video(model, settings, video, output)
-                write_json({"fingerprint": key, "output": str(output)}, marker)
+                    upscale_video(model, settings, video, stage.output)
+                stage.mark_done()
             if name == "training":
-                identity = output / f"{settings.name}.safetensors"
+                identity = stage.output / f"{settings.name}.safetensors"
                 model = dataclasses.replace(model, identities=[*model.identities, str(identity)])
             else:
-                video = output
+                video = stage.output
     return video
+
+
+def train_together(configs: list[dict[str, Any]], sources: list[str]) -> None:
+    """Training-only chains whose identities learn together on one model (`train_identities`: one UNet
+    call per step for all); those done before with the same settings and photos are skipped."""
+    from magicme.identity.train import train_identities
+
+    with ExitStack() as locks:
+        pending = []
+        for config, source in zip(configs, sources, strict=True):
+            output_dir, _, model, stages = parse_chain(config, source)
+            if list(stages) != ["training"]:
+                raise ValueError(f"{source}: only training-only chains can train together, not {list(stages)}")
+            locks.enter_context(exclusive(output_dir))
+            stage = Stage("training", stages["training"], model, None, output_dir)
+            if not stage.done():
+                pending.append(stage)
+        if pending:
+            log.info("training: %s together", ", ".join(stage.settings.name for stage in pending))
+            train_identities([training_run(stage.settings, stage.output) for stage in pending])
+        for stage in pending:
+            stage.mark_done()
+
+
+@dataclass
+class Stage:
+    """One stage of a chain in its folder: its output, and the marker that says it is done with the
+    settings and inputs it has now."""
+
+    name: str
+    settings: Any
+    model: ModelSettings
+    video: Path | None
+    folder: Path
+
+    @property
+    def output(self) -> Path:
+        return self.folder / ("training" if self.name == "training" else f"{self.name}.mp4")
+
+    @cached_property
+    def key(self) -> str:
+        record = {self.name: dataclasses.asdict(self.settings)}
+        if self.name != "training":
+            record["model"] = dataclasses.asdict(self.model)
+        return fingerprint(record, stage_inputs(self.name, self.settings, self.model, self.video))
+
+    def done(self) -> bool:
+        marker = self.folder / f"{self.name}.done"
+        return self.output.exists() and marker.is_file() and json.loads(marker.read_text())["fingerprint"] == self.key
+
+    def mark_done(self) -> None:
+        write_json({"fingerprint": self.key, "output": str(self.output)}, self.folder / f"{self.name}.done")

@@ -60,7 +60,8 @@ class ModelSettings:
     dtype: str = _help("weights dtype; auto is fp16 on cuda, fp32 elsewhere", choices=DTYPES, default="auto")
     cpu_offload: bool = _help("keep models on the CPU until used (saves GPU memory, slower)", default=False)
     vae_slicing: bool = _help(
-        "run the VAE one frame at a time: least memory, slower (default: frames in chunks sized to the free memory)",
+        "run the VAE one frame at a time, the least memory (default: on a GPU as many frames per call as the "
+        "free memory holds; on the CPU one, measured fastest there)",
         default=False,
     )
     vae_tiling: bool = _help("decode the VAE in tiles (saves memory for large frames)", default=False)
@@ -266,7 +267,7 @@ class VideoToVideoSettings:
         default=0,
     )
     crop_batch: int = _help(
-        "tiles, face crops or edit windows denoised per UNet call: faster where memory allows, "
+        "tiles, face crops or edit windows denoised per UNet call: more keep a GPU busier, "
         "each one more costs one more crop's activations (1: least memory)",
         default=1,
     )

@@ -13,15 +13,18 @@ prompts (`{identity}` becomes `<name> class word`), its seeds, and the stage sec
     prompts: ["a photo of {identity} on the beach", "a photo of {identity} in the snow"]
     seeds: [0, 1]
     training: {steps: 300}
+    train_together: 4              # optional: up to 4 identities learn at once on one model
     generation: {num_frames: 16}
     refine_face: {prompt: "close up photo of {identity}"}
     evaluation: {face_model: dlib}
 
 Each identity learned from photos is one training job; each identity x prompt x seed is one
 clip job (a `magicme run` chain in its own folder, then `magicme eval` on its final video),
-which needs its identity's training job. A job's folder holds what `magicme run` keeps, so
-its fingerprints make a rerun skip finished stages and redo only what a changed setting or
-input touches.
+which needs its identity's training job. With `train_together: N`, a worker takes up to N
+ready training jobs at once and learns them on one model (`magicme.train_identities`); if
+that fails, it trains each alone, so one bad photo folder fails only its own identity. A
+job's folder holds what `magicme run` keeps, so its fingerprints make a rerun skip finished
+stages and redo only what a changed setting or input touches.
 """
 
 import copy
@@ -34,7 +37,7 @@ from magicme.settings import EvalSettings, from_mapping
 
 CLIP_STAGES = ("generation", "refine_face", "upscale")
 MANIFEST_KEYS = {"output_dir", "preset", "model", "identities", "prompts", "seeds", "training", *CLIP_STAGES}
-MANIFEST_KEYS |= {"evaluation"}
+MANIFEST_KEYS |= {"evaluation", "train_together"}
 LEARNED_ON = ("base_model", "device")  # model settings the training jobs share unless `training` sets them
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -55,6 +58,7 @@ class Job:
 class Manifest:
     output_dir: Path
     jobs: list[Job] = field(default_factory=list)
+    train_together: int = 1  # training jobs a worker may run at once on one model
 
 
 class ManifestError(ValueError):
@@ -102,11 +106,14 @@ def expand(record: dict[str, Any], source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source}: `prompts` must be a list of prompts, each with {{identity}} where it goes")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
         raise ManifestError(f"{source}: `seeds` must be a list of integers")
+    together = record.get("train_together", 1)
+    if not isinstance(together, int) or isinstance(together, bool) or together < 1:
+        raise ManifestError(f"{source}: `train_together` must be a whole number of identities, 1 or more")
     if "evaluation" in record:
         from_mapping(EvalSettings, record["evaluation"] or {}, f"{source} [evaluation]")  # fail before any work
     output_dir = Path(record.get("output_dir") or "batch")
     shared = {key: copy.deepcopy(record[key]) for key in ("preset", "model") if key in record}
-    manifest, clips = Manifest(output_dir), []
+    manifest, clips = Manifest(output_dir, train_together=together), []
     for name, spec in identities.items():
         class_word, photos, identity_file = _identity_line(name, spec, source)
         references = photos or spec.get("references")

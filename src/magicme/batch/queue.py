@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,16 @@ class Queue:
     def folder(self, job: Job) -> Path:
         return self.manifest.output_dir / job.name
 
+    def done_marker(self, job: Job) -> dict[str, Any] | None:
+        """The job's `done.json`, if it finished with the settings and inputs it has now."""
+        path = self.folder(job) / "done.json"
+        if not path.is_file():
+            return None
+        marker = json.loads(path.read_text())
+        return marker if marker["key"] == self.key(job) else None
+
     def done(self, job: Job) -> bool:
-        marker = self.folder(job) / "done.json"
-        return marker.is_file() and json.loads(marker.read_text())["key"] == self.key(job)
+        return self.done_marker(job) is not None
 
     def failure(self, job: Job) -> str | None:
         """This run's error for the job, or None (an earlier run's failure is tried again)."""
@@ -75,13 +83,13 @@ class Queue:
         return json.loads(marker.read_text())["error"]
 
     def state(self, job: Job) -> JobState:
-        if self.done(job):
-            return JobState("done", finished=json.loads((self.folder(job) / "done.json").read_text())["finished"])
+        if marker := self.done_marker(job):
+            return JobState("done", finished=marker["finished"])
         if (error := self.failure(job)) is not None:
             return JobState("failed", error)
         if (self.folder(job) / "running.json").is_file() and self._held(job):
             return JobState("running")
-        if any(not self.done(self.by_name[need]) for need in job.needs):
+        if not self.ready(job):
             return JobState("waiting")
         return JobState("left")
 
@@ -93,8 +101,14 @@ class Queue:
         except BusyError:
             return True
 
-    def work(self, run_job: Callable[[Job, Path], None], on_change: Callable[[], None] = lambda: None) -> None:
-        """Take and run ready jobs until none is left that this worker could run."""
+    def work(
+        self,
+        run_job: Callable[[Job, Path], None],
+        on_change: Callable[[], None] = lambda: None,
+        run_together: Callable[[list[Job]], None] | None = None,
+    ) -> None:
+        """Take and run ready jobs until none is left that this worker could run; with `run_together`,
+        up to the manifest's `train_together` ready training jobs at once."""
         while True:
             progressed, blocked = False, False
             for job in self.manifest.jobs:
@@ -105,13 +119,15 @@ class Queue:
                     self._fail(job, f"needs {', '.join(failed_needs)}, which failed")
                     progressed = True
                     continue
-                if any(not self.done(self.by_name[need]) for need in job.needs):
+                if not self.ready(job):
                     blocked = True  # another worker may be finishing what it needs
                     continue
                 try:
-                    with exclusive(self.folder(job) / "job"):
+                    with ExitStack() as held:
+                        held.enter_context(exclusive(self.folder(job) / "job"))
                         if not self.done(job):
-                            self._run(job, run_job)
+                            partners = self._claim_partners(job, held) if run_together else []
+                            self._run([job, *partners], run_job, run_together)
                     progressed = True
                     on_change()
                 except BusyError:
@@ -121,31 +137,71 @@ class Queue:
             if not progressed:
                 time.sleep(POLL_SECONDS)
 
-    def _run(self, job: Job, run_job: Callable[[Job, Path], None]) -> None:
-        folder, started = self.folder(job), time.perf_counter()
-        (folder / "failed.json").unlink(missing_ok=True)
-        write_json({"started": time.time(), "worker": os.getpid()}, folder / "running.json")
-        log.info("batch: %s: running", job.name)
+    def ready(self, job: Job) -> bool:
+        return all(self.done(self.by_name[need]) for need in job.needs)
+
+    def _claim_partners(self, job: Job, held: ExitStack) -> list[Job]:
+        """Up to `train_together` - 1 more ready training jobs that no worker holds, now held by this one."""
+        partners: list[Job] = []
+        if "training" not in job.chain:
+            return partners
+        for other in self.manifest.jobs:
+            if len(partners) + 1 >= self.manifest.train_together:
+                break
+            taken = self.done(other) or self.failure(other) is not None or not self.ready(other)
+            if other is job or "training" not in other.chain or taken:
+                continue
+            try:
+                held.enter_context(exclusive(self.folder(other) / "job"))
+            except BusyError:
+                continue
+            partners.append(other)
+        return partners
+
+    def _run(
+        self, jobs: list[Job], run_job: Callable[[Job, Path], None], run_together: Callable[[list[Job]], None] | None
+    ) -> None:
+        started, names = time.perf_counter(), ", ".join(job.name for job in jobs)
+        for job in jobs:
+            (self.folder(job) / "failed.json").unlink(missing_ok=True)
+            write_json({"started": time.time(), "worker": os.getpid()}, self.folder(job) / "running.json")
+        log.info("batch: %s: running", names)
         try:
-            run_job(job, folder)
+            if len(jobs) == 1:
+                run_job(jobs[0], self.folder(jobs[0]))
+            else:
+                run_together(jobs)
         except KeyboardInterrupt:
             raise
         except Exception as error:  # one job's failure is reported; the others go on
-            log.error("batch: %s: failed: %s", job.name, error)
-            self._fail(job, f"{type(error).__name__}: {error}", traceback.format_exc())
-            return
+            if len(jobs) == 1:
+                log.error("batch: %s: failed: %s", names, error)
+                self._fail(jobs[0], f"{type(error).__name__}: {error}", traceback.format_exc())
+                return
+            log.warning("batch: %s failed together (%s); running each alone", names, error)
+            alone = True
+        else:
+            alone = False
         finally:
-            (folder / "running.json").unlink(missing_ok=True)
+            for job in jobs:
+                (self.folder(job) / "running.json").unlink(missing_ok=True)
+        if alone:
+            for job in jobs:
+                self._run([job], run_job, run_together)
+            return
         seconds = round(time.perf_counter() - started, 2)
-        marker = {"key": self.key(job), "seconds": seconds, "finished": time.time(), "worker": os.getpid()}
-        write_json(marker, folder / "done.json")
+        for job in jobs:
+            marker = {"key": self.key(job), "seconds": seconds, "finished": time.time(), "worker": os.getpid()}
+            write_json(marker, self.folder(job) / "done.json")
 
     def _fail(self, job: Job, error: str, trace: str = "") -> None:
         write_json({"error": error, "traceback": trace}, self.folder(job) / "failed.json")
 
-    def summary(self) -> dict[str, Any]:
-        """Counts by state, throughput and time left, and every failed job with its error."""
-        states = {job.name: self.state(job) for job in self.manifest.jobs}
+    def states(self) -> dict[str, JobState]:
+        return {job.name: self.state(job) for job in self.manifest.jobs}
+
+    def summary(self, states: dict[str, JobState]) -> dict[str, Any]:
+        """Counts of `states` by state, throughput and time left, and every failed job with its error."""
         counts = {name: 0 for name in ("done", "running", "waiting", "left", "failed")}
         for state in states.values():
             counts[state.state] += 1

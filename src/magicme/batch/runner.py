@@ -18,8 +18,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from magicme.batch.manifest import Job, expand
-from magicme.batch.queue import Queue
-from magicme.chain import run_stages
+from magicme.batch.queue import JobState, Queue
+from magicme.chain import run_stages, train_together
 from magicme.io.files import write_json
 from magicme.settings import EvalSettings, from_mapping, read_config_file
 
@@ -42,6 +42,11 @@ def run_job(job: Job, folder: Path) -> None:
     write_json(result, folder / "metrics.json")
 
 
+def train_jobs_together(jobs: list[Job]) -> None:
+    """Training jobs learned at once on one model (the manifest's `train_together`)."""
+    train_together([job.chain for job in jobs], [job.name for job in jobs])
+
+
 def progress_line(summary: dict[str, Any]) -> str:
     left = summary["seconds_left"]
     eta = "unknown" if left is None else f"{left // 60}m{left % 60:02d}s"
@@ -59,17 +64,21 @@ class Progress:
         self.bar = tqdm(total=len(queue.manifest.jobs), desc="batch", unit="job")
 
     def update(self) -> dict[str, Any]:
-        summary = self.queue.summary()
+        return self._show(self.queue.states())
+
+    def close(self) -> dict[str, Any]:
+        states = self.queue.states()
+        summary = self._show(states)
+        self.bar.close()
+        report = summary | {"states": {name: vars(state) for name, state in states.items()}}
+        write_json(report, self.queue.manifest.output_dir / "report.json")
+        return summary
+
+    def _show(self, states: dict[str, JobState]) -> dict[str, Any]:
+        summary = self.queue.summary(states)
         write_json(summary, self.queue.manifest.output_dir / "status.json")
         self.bar.n = summary["done"] + summary["failed"]
         self.bar.set_postfix_str(progress_line(summary), refresh=True)
-        return summary
-
-    def close(self) -> dict[str, Any]:
-        summary = self.update()
-        self.bar.close()
-        states = {job.name: vars(self.queue.state(job)) for job in self.queue.manifest.jobs}
-        write_json(summary | {"states": states}, self.queue.manifest.output_dir / "report.json")
         return summary
 
 
@@ -86,18 +95,18 @@ def run_batch(manifest_path: Path, workers: int = 1, started: float | None = Non
     queue = Queue(manifest, started if started is not None else time.time())
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if worker_only or (world > 1 and rank > 0):
-        queue.work(run_job)
+        queue.work(run_job, run_together=train_jobs_together)
         return manifest.output_dir
     progress = Progress(queue)
     if workers == 1 or world > 1:
-        queue.work(run_job, on_change=progress.update)
+        queue.work(run_job, progress.update, train_jobs_together)
     else:
         command = [sys.executable, "-m", "magicme", "batch", str(manifest_path), "--worker", str(queue.started)]
         children = [subprocess.Popen(command, env=worker_environment(workers)) for _ in range(workers)]
         while any(child.poll() is None for child in children):
             progress.update()
             time.sleep(2)
-        queue.work(run_job, on_change=progress.update)  # whatever a dead worker left
+        queue.work(run_job, progress.update, train_jobs_together)  # whatever a dead worker left
     summary = progress.close()
     if summary["failed_jobs"]:
         failed = "; ".join(f"{name}: {error}" for name, error in summary["failed_jobs"].items())

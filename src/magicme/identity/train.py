@@ -12,10 +12,11 @@ import dataclasses
 import json
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from accelerate import Accelerator
@@ -98,12 +99,26 @@ def add_identity_tokens(pipe: StableDiffusionPipeline, tokens: list[str], words:
             raise ValueError(f"init word {word!r} has no tokens; use a plain word such as the class word")
         starts.append(table.weight[ids].mean(dim=0))  # a word of several tokens starts at their mean
     tokenizer.add_tokens(tokens)
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    text_encoder.requires_grad_(False)
+    grow_token_table(text_encoder, len(tokenizer))
     token_ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens), device=text_encoder.device)
     rows = IdentityRows(token_ids, torch.stack(starts))
     parametrize.register_parametrization(text_encoder.get_input_embeddings(), "weight", rows)
     return rows
+
+
+def grow_token_table(text_encoder: nn.Module, size: int) -> None:
+    """Give the token table `size` rows, frozen. A table another identity's rows already train in
+    (several identities learned together) grows under its parametrization, which a resize would
+    drop, and those rows keep training."""
+    table = text_encoder.get_input_embeddings()
+    if not parametrize.is_parametrized(table, "weight"):  # the first identity: freeze the whole encoder
+        text_encoder.resize_token_embeddings(size, mean_resizing=False)
+        text_encoder.requires_grad_(False)
+        return
+    original = table.parametrizations.weight.original
+    grown = torch.cat([original.detach(), original.new_zeros(size - len(original), original.shape[1])])
+    table.parametrizations.weight.original = nn.Parameter(grown, requires_grad=False)
+    table.num_embeddings = text_encoder.config.vocab_size = size
 
 
 def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSettings, caption: str, generator) -> Batch:
@@ -121,17 +136,26 @@ def draw_batch(masked: list[tuple[Photo, torch.Tensor]], settings: TrainingSetti
     return Batch(torch.stack([s.pixels for s in samples]), masks, captions, views)
 
 
-def training_loss(
+@dataclass
+class DiffusionInputs:
+    """One batch made ready for the UNet: its noised latents, timesteps, target, caption ids and latent mask."""
+
+    noisy: torch.Tensor  # (B, 4, h, w)
+    timesteps: torch.Tensor  # (B,)
+    target: torch.Tensor  # (B, 4, h, w): the noise, or the velocity for v-prediction models
+    ids: torch.Tensor  # (B, 77) caption token ids
+    mask: torch.Tensor  # (B, 1, h, w)
+
+
+def diffusion_inputs(
     pipe: StableDiffusionPipeline,
-    text_encoder: nn.Module,
-    unet: nn.Module,
     batch: Batch,
     settings: TrainingSettings,
     generator: torch.Generator,
     cache: LatentCache | None = None,
-) -> torch.Tensor:
-    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them);
-    with `cache`, samples whose view it holds are not encoded again."""
+) -> DiffusionInputs:
+    """Encode, noise and tokenise a batch, every draw from `generator`; with `cache`, samples whose
+    view it holds are not encoded again."""
     device, dtype = pipe.vae.device, pipe.vae.dtype
     with torch.no_grad():
         if cache is not None and batch.views is not None:
@@ -143,7 +167,6 @@ def training_loss(
     noise = noise + settings.noise_offset * randn_tensor((*latents.shape[:2], 1, 1), generator=generator, device=device)
     steps = pipe.scheduler.config.num_train_timesteps
     timesteps = torch.randint(steps, (latents.shape[0],), generator=generator).to(device)
-    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
     target = (
         noise
         if pipe.scheduler.config.prediction_type == "epsilon"
@@ -152,10 +175,33 @@ def training_loss(
     ids = pipe.tokenizer(
         batch.captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
     ).input_ids
-    text = text_encoder(torch.tensor(ids, device=device))[0]
-    prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
-    latent_mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
-    return masked_loss(prediction, target, latent_mask)
+    mask = nn.functional.interpolate(batch.masks.to(device), size=latents.shape[-2:], mode="area")
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    return DiffusionInputs(noisy, timesteps, target, torch.tensor(ids, device=device), mask)
+
+
+def batch_losses(
+    text_encoder: nn.Module, unet: nn.Module, batches: list[DiffusionInputs], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """Each batch's masked loss, from one text-encoder call and one UNet call (in `dtype`) over all of them."""
+    text = text_encoder(torch.cat([b.ids for b in batches]))[0]
+    noisy, timesteps = torch.cat([b.noisy for b in batches]), torch.cat([b.timesteps for b in batches])
+    predictions = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample.split([len(b.noisy) for b in batches])
+    return [masked_loss(p, b.target, b.mask) for p, b in zip(predictions, batches, strict=True)]
+
+
+def training_loss(
+    pipe: StableDiffusionPipeline,
+    text_encoder: nn.Module,
+    unet: nn.Module,
+    batch: Batch,
+    settings: TrainingSettings,
+    generator: torch.Generator,
+    cache: LatentCache | None = None,
+) -> torch.Tensor:
+    """One forward pass of the ID module's objective (`text_encoder`, `unet` as accelerate prepared them)."""
+    inputs = diffusion_inputs(pipe, batch, settings, generator, cache)
+    return batch_losses(text_encoder, unet, [inputs], pipe.unet.dtype)[0]
 
 
 def run_folder(settings: TrainingSettings) -> Path:
@@ -306,19 +352,7 @@ class IdentityTrainer:
 
     def step(self) -> float:
         """One optimisation step; returns its loss. `mid_step` is True while it runs."""
-        self.mid_step = True
-        batch = draw_batch(self.masked, self.settings, self.caption, self.generator)
-        with self.accelerator.autocast():
-            loss = training_loss(
-                self.pipe, self.text_encoder, self.unet, batch, self.settings, self.generator, self.latent_cache
-            )
-        self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        self.step_count += 1
-        self.mid_step = False
-        return loss.item()
+        return step_together([self])[0]
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         """The UNet LoRA's weights in diffusers' naming, or nothing when none trains."""
@@ -360,6 +394,43 @@ class IdentityTrainer:
         return save_identity(identity, run_dir / f"{self.settings.name}.safetensors")
 
 
+def step_together(trainers: list[IdentityTrainer]) -> list[float]:
+    """One optimisation step of each trainer, all their samples in one UNet call; their losses.
+
+    The trainers share one frozen model (several identities installed in it). Each draws its
+    batch with its own generator and clips and steps its own rows with its own optimizer and
+    gradient scaler, and its rows appear only in its own captions, so the gradient of the summed
+    scaled losses with respect to its rows is that of its own: each identity learns what it
+    learns alone, up to the rounding of a larger batch.
+    """
+    for trainer in trainers:
+        trainer.mid_step = True
+    batches = [
+        diffusion_inputs(
+            t.pipe, draw_batch(t.masked, t.settings, t.caption, t.generator), t.settings, t.generator, t.latent_cache
+        )
+        for t in trainers
+    ]
+    first = trainers[0]
+    with first.accelerator.autocast():
+        losses = batch_losses(first.text_encoder, first.unet, batches, first.pipe.unet.dtype)
+    if len(trainers) == 1:
+        first.accelerator.backward(losses[0])
+    else:  # as `accelerator.backward` does, each loss scaled by its own trainer's fp16 gradient scaler
+        scaled = [
+            t.accelerator.scaler.scale(loss) if t.accelerator.scaler else loss
+            for t, loss in zip(trainers, losses, strict=True)
+        ]
+        torch.stack(scaled).sum().backward()
+    for trainer in trainers:
+        trainer.accelerator.clip_grad_norm_(trainer.trainable, trainer.settings.max_grad_norm)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        trainer.step_count += 1
+        trainer.mid_step = False
+    return [loss.item() for loss in losses]
+
+
 def train_identity(settings: TrainingSettings) -> Path:
     """Learn an identity (VCD's ID module) from a folder of photos.
 
@@ -369,77 +440,132 @@ def train_identity(settings: TrainingSettings) -> Path:
     Returns:
         the path of its magicme identity file; the A1111 `.pt` (and the LoRA, if any) lie beside it.
     """
+    return train_identities([settings])[0]
+
+
+def train_identities(all_settings: list[TrainingSettings]) -> list[Path]:
+    """Learn several identities at once on one loaded model, their samples sharing each UNet call
+    (`step_together`); each ends as training it alone would, up to rounding. They must share the
+    base model, resolution, precision and device, and train no UNet LoRA (the UNet is shared).
+
+    Returns:
+        each identity's file, in order.
+    """
+    check_trainable_together(all_settings)
     # One trainer per run folder (two would interleave checkpoints); under `accelerate launch`,
     # the processes of one run share it, so the first process holds the lock for all.
-    first_process = os.environ.get("RANK", "0") == "0"
-    with exclusive(run_folder(settings)) if first_process else nullcontext():
-        return learn_identity(settings)
+    with ExitStack() as locks:
+        if os.environ.get("RANK", "0") == "0":
+            for settings in all_settings:
+                locks.enter_context(exclusive(run_folder(settings)))
+        return learn_identities(all_settings)
 
 
-def learn_identity(settings: TrainingSettings) -> Path:
-    """`train_identity`'s work, in a run folder this process may write."""
-    # 1. Check inputs and prepare the run folder
+def check_trainable_together(all_settings: list[TrainingSettings]) -> None:
+    if len(all_settings) == 1:
+        return
+    names = [settings.name for settings in all_settings]
+    if len(set(names)) < len(names):
+        raise SettingError("name", f"identities trained together need different names, got {names}")
+    if any(settings.lora_rank for settings in all_settings):
+        raise SettingError("lora_rank", "identities trained together share the UNet, so none can train a LoRA on it")
+    for shared in ("base_model", "resolution", "mixed_precision", "device", "gradient_checkpointing"):
+        values = {getattr(settings, shared) for settings in all_settings}
+        if len(values) > 1:
+            raise SettingError(shared, f"identities trained together share one model; got {sorted(map(str, values))}")
+
+
+def start_run(settings: TrainingSettings) -> tuple[Path, list, Accelerator]:
+    """Check the settings, write the run folder's settings, and load the photos with their masks."""
     check_training_settings(settings)
     run_dir = run_folder(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json({"training": dataclasses.asdict(settings)}, run_dir / "run.json")
     accelerator = Accelerator(mixed_precision=resolve_precision(settings), cpu=settings.device == "cpu")
-
-    # 2. Photos and their subject masks, with a contact sheet to check before training
     photos = load_photos(Path(settings.photos), settings.resolution)
     prompt = settings.mask_prompt or settings.class_word
     models = tuple(settings.mask_models)
     masked = prepare_masks(photos, settings.masks, prompt, run_dir / "masks", models, str(accelerator.device))
-    log.info(
-        "mask contact sheet: %s (check it before trusting the identity)", contact_sheet(masked, run_dir / "masks.png")
-    )
+    sheet = contact_sheet(masked, run_dir / "masks.png")
+    log.info("mask contact sheet: %s (check it before trusting the identity)", sheet)
+    return run_dir, masked, accelerator
 
-    # 3. Model with K trainable token rows, resumed from the last checkpoint when asked
-    trainer = IdentityTrainer(settings, masked, accelerator)
-    checkpoint = load_latest_checkpoint(run_dir) if settings.resume else None
-    if checkpoint:
-        trainer.restore(checkpoint)
-        log.info("resuming %s from step %d", run_dir, checkpoint.step)
 
-    def save() -> None:
-        if accelerator.is_main_process:
-            save_checkpoint(run_dir, trainer.state())
-            trainer.save(run_dir)
+@dataclass
+class Run:
+    """One identity's trainer, its run folder and its open loss log."""
 
-    # 4. The training loop: Ctrl-C finishes the step, then saves a checkpoint that resuming continues from
-    main = accelerator.is_main_process
-    progress = tqdm(total=settings.steps, initial=trainer.step_count, desc="learning identity", disable=not main)
-    losses = (run_dir / LOSS_LOG).open("a", buffering=1, encoding="utf-8")
-    try:
-        with stop_between_steps() as stop_requested:
-            while trainer.step_count < settings.steps:
-                loss = trainer.step()
-                progress.update()
-                progress.set_postfix(loss=f"{loss:.4f}")
-                step = trainer.step_count
-                if main:
-                    losses.write(f"{step},{loss:.6f}\n")
-                if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    save()
-                if settings.validation_every and step % settings.validation_every == 0 and main:
-                    render_previews(trainer.pipe, settings, step, run_dir)
-                if stop_requested():
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if trainer.mid_step:  # stopped at once: the state is half a step, so the last whole checkpoint stays
-            log.warning("interrupted during step %d; the last checkpoint is kept", trainer.step_count + 1)
-        else:
-            save()
-            log.warning("interrupted after step %d; checkpoint saved: resuming continues from it", trainer.step_count)
-        raise
-    finally:
-        progress.close()
-        losses.close()
+    trainer: IdentityTrainer
+    folder: Path
+    losses: TextIO
 
-    # 5. Identity files: magicme's (read by diffusers, A1111 and ComfyUI too) with its LoRA, and the A1111 .pt
-    identity_path = trainer.save(run_dir)
-    export_a1111(trainer.identity(), run_dir / f"{settings.name}.pt")
-    return identity_path
+    def save(self) -> None:
+        """A checkpoint to resume from, and the identity file as it stands now."""
+        if self.trainer.accelerator.is_main_process:
+            save_checkpoint(self.folder, self.trainer.state())
+            self.trainer.save(self.folder)
+
+    def after_step(self, loss: float) -> None:
+        """Log the step's loss; checkpoint and preview when the settings say so."""
+        settings, step = self.trainer.settings, self.trainer.step_count
+        if not self.trainer.accelerator.is_main_process:
+            return
+        self.losses.write(f"{step},{loss:.6f}\n")
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            self.save()
+        if settings.validation_every and step % settings.validation_every == 0:
+            render_previews(self.trainer.pipe, settings, step, self.folder)
+
+
+def learn_identities(all_settings: list[TrainingSettings]) -> list[Path]:
+    """`train_identities`' work, in run folders this process may write."""
+    with ExitStack() as files:
+        # 1. Run folders, photos and subject masks; then one model with every identity's K trainable rows
+        runs: list[Run] = []
+        for settings in all_settings:
+            folder, masked, accelerator = start_run(settings)
+            shared = runs[0].trainer.pipe if runs else None
+            trainer = IdentityTrainer(settings, masked, accelerator, pipe=shared)
+            checkpoint = load_latest_checkpoint(folder) if settings.resume else None
+            if checkpoint:
+                trainer.restore(checkpoint)
+                log.info("resuming %s from step %d", folder, checkpoint.step)
+            runs.append(
+                Run(trainer, folder, files.enter_context((folder / LOSS_LOG).open("a", buffering=1, encoding="utf-8")))
+            )
+
+        # 2. The training loop: Ctrl-C finishes the step, then saves checkpoints that resuming continues from
+        main = runs[0].trainer.accelerator.is_main_process
+        total = sum(run.trainer.settings.steps for run in runs)
+        done = sum(run.trainer.step_count for run in runs)
+        description = "learning identity" if len(runs) == 1 else f"learning {len(runs)} identities"
+        progress = files.enter_context(tqdm(total=total, initial=done, desc=description, disable=not main))
+        try:
+            with stop_between_steps() as stop_requested:
+                while active := [run for run in runs if run.trainer.step_count < run.trainer.settings.steps]:
+                    losses = step_together([run.trainer for run in active])
+                    progress.update(len(active))
+                    progress.set_postfix(loss=" ".join(f"{loss:.4f}" for loss in losses))
+                    for run, loss in zip(active, losses, strict=True):
+                        run.after_step(loss)
+                    if stop_requested():
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            for run in runs:
+                step = run.trainer.step_count
+                if run.trainer.mid_step:  # stopped at once: the state is half a step, so the last checkpoint stays
+                    log.warning("interrupted during step %d; the last checkpoint is kept", step + 1)
+                else:
+                    run.save()
+                    log.warning("interrupted after step %d; checkpoint saved: resuming continues from it", step)
+            raise
+
+    # 3. Identity files: magicme's (read by diffusers, A1111 and ComfyUI too) with its LoRA, and the A1111 .pt
+    paths = []
+    for run in runs:
+        paths.append(run.trainer.save(run.folder))
+        export_a1111(run.trainer.identity(), run.folder / f"{run.trainer.settings.name}.pt")
+    return paths
 
 
 def resolve_precision(settings: TrainingSettings) -> str:

@@ -1,11 +1,13 @@
-"""How many frames the VAE encodes or decodes at once: as many as the free memory holds.
+"""How many frames the VAE encodes or decodes per call: on a GPU, as many as the free memory holds.
 
-One frame at a time (VAE slicing) needs the least memory and leaves a GPU idle between
-small calls; stock diffusers decodes 16 frames at once whatever their size, which at 512 px
-is several GB of activations (see BENCHMARKS.md, "VAE chunks"). magicme sizes each chunk
-to the memory free on the device when the call starts, from the measured activation
-memory of one frame, so a large card decodes a clip in one call and a small one in
-several, with no setting to tune. `--vae-slicing` still forces one frame at a time.
+Stock diffusers decodes 16 frames per call whatever their size: at 512 px in half precision
+that is about 8 GB of activations (the per-pixel cost below). One frame at a time (VAE
+slicing) needs the least memory, but on a GPU it leaves the device idle between small
+calls. So on CUDA (and MPS) magicme sizes each call to the memory free when it starts, from
+the measured activation memory of one frame: a large card decodes a clip in one call, a
+small one in several, with no setting to tune. On the CPU one frame at a time was both the
+smallest and the fastest (BENCHMARKS.md, "VAE chunks, crop batches and the training latent
+cache"), so magicme takes one there. `--vae-slicing` forces one frame everywhere.
 """
 
 import os
@@ -13,11 +15,13 @@ import os
 import torch
 from diffusers import AnimateDiffPipeline
 
-# Peak activation bytes per output pixel of one frame through the SD-1.5 VAE decoder in fp32
-# (the slope of peak memory over frames, measured by benchmarks/memory_and_batching.py on the
-# CPU); half precision needs half. The encoder needs less, so the same chunk fits it.
-DECODE_BYTES_PER_PIXEL = 2400
+# Peak activation bytes per output pixel of one frame through the SD-1.5 VAE decoder in fp32: the
+# slope of peak memory from 4 to 16 frames at 256 px, measured on the CPU by
+# benchmarks/memory_and_batching.py (3,840; results-memory-and-batching-cpu.json). Half precision
+# needs half. The encoder's slope was lower (2,550), so a chunk sized for decoding fits encoding.
+DECODE_BYTES_PER_PIXEL = 3840
 MEMORY_SHARE = 0.8  # of the free memory: the rest is headroom for the allocator and other tensors
+ONE_FRAME_DEVICES = {"cpu"}  # where larger calls measured slower, not faster
 
 
 def free_memory(device: torch.device) -> int:
@@ -31,8 +35,9 @@ def free_memory(device: torch.device) -> int:
 
 def vae_chunk(pipe: AnimateDiffPipeline, frames: int, height: int, width: int) -> int:
     """Frames of `height` x `width` pixels the pipeline's VAE should take per call, out of `frames`."""
-    if pipe.vae.use_slicing:
+    device = pipe._execution_device
+    if pipe.vae.use_slicing or device.type in ONE_FRAME_DEVICES:
         return 1
     per_frame = DECODE_BYTES_PER_PIXEL * height * width * pipe.vae.dtype.itemsize / 4
-    fitting = int(MEMORY_SHARE * free_memory(pipe._execution_device) / per_frame)
+    fitting = int(MEMORY_SHARE * free_memory(device) / per_frame)
     return max(1, min(frames, fitting))
