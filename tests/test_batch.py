@@ -135,6 +135,26 @@ def test_a_worker_killed_mid_job_holds_back_nothing_and_the_files_are_the_same(f
     assert not [path for path in out.rglob("*") if "partial" in path.name or path.name == "running.json"]
 
 
+def test_under_torchrun_every_rank_is_a_worker_and_the_files_are_the_same(finished, tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m magicme batch`: both ranks take jobs from the one queue, rank 0
+    reports, and the videos equal those of one process at the same CPU threads."""
+    import socket
+
+    record, output_dir = finished
+    out = tmp_path / "ranks"
+    manifest = write_manifest(record | {"output_dir": str(out), "seeds": [0]}, tmp_path / "ranks.yaml")
+    with socket.socket() as probe:  # a free port for the ranks to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    subprocess.run([*launch, "-m", "magicme", "batch", str(manifest)], env=env, check=True, capture_output=True)
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] == 3 and report["failed"] == 0
+    ranks, one = outputs(out, SEED_0), outputs(output_dir, SEED_0)
+    assert all(torch.equal(ranks[clip], one[clip]) for clip in SEED_0)
+
+
 def test_a_failed_job_is_reported_and_the_rest_finish(finished, tmp_path: Path) -> None:
     record, _ = finished
     broken = tmp_path / "broken"

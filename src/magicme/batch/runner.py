@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from magicme.batch.manifest import Job, expand
@@ -88,12 +89,27 @@ def worker_environment(workers: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))} | os.environ
 
 
+def leave_process_group() -> tuple[int, int]:
+    """This process's (rank, world size) under torchrun or `accelerate launch`, which then stop being
+    its distributed setup: each rank is a worker running whole jobs alone, so a training job must
+    not wait in `Accelerator()` for the other ranks to join a process group. A GPU rank keeps its
+    own GPU."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK"):
+            os.environ.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    return rank, world
+
+
 def run_batch(manifest_path: Path, workers: int = 1, started: float | None = None, worker_only: bool = False) -> Path:
     """Run the manifest's jobs; returns the output folder. Raises BatchFailed if any job failed."""
     manifest = expand(read_config_file(manifest_path), str(manifest_path))
     manifest.output_dir.mkdir(parents=True, exist_ok=True)
     queue = Queue(manifest, started if started is not None else time.time())
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = leave_process_group()
     if worker_only or (world > 1 and rank > 0):
         queue.work(run_job, run_together=train_jobs_together)
         return manifest.output_dir
