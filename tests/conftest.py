@@ -21,6 +21,13 @@ from magicme.settings import GenerationSettings, ModelSettings
 from magicme.testing.tiny import TEXT_WIDTH, save_tiny_model
 
 
+@pytest.fixture(autouse=True)
+def work_in_a_fresh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: a command's default outputs (outputs/, runs/) never land in
+    the checkout, where the other xdist worker's tests would see them come and go."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(base folder, motion adapter folder) of the tiny model, in the layouts users download."""

@@ -1,11 +1,10 @@
-"""`magicme batch` on the tiny model: a manifest expanded into jobs, run in this process and by two
-worker processes to the same files, resumed after a kill -9, and a failed job reported while the
-rest finish."""
+"""`magicme batch` on the tiny model: a manifest expanded into jobs, run in this process and by
+torchrun's ranks to the same files, a failed job reported while the rest finish, identities
+trained together (the executors on the world model, a worker killed: test_batch_world.py)."""
 
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 from magicme.batch.manifest import ManifestError, expand
+from magicme.batch.ray_executor import RaySettings
 from magicme.batch.runner import BatchFailed, run_batch
 from magicme.io.video import read_video
 
@@ -109,32 +109,6 @@ def test_the_batch_finishes_every_job_and_a_rerun_skips_them(finished, tmp_path:
     assert "running" not in caplog.text  # every job done before with the same settings
 
 
-def test_a_worker_killed_mid_job_holds_back_nothing_and_the_files_are_the_same(finished, tmp_path: Path) -> None:
-    """Two worker processes share the queue; one is killed with SIGKILL inside a clip's chain. The batch
-    still finishes every job, to the files one process makes with as many CPU threads, with no partial
-    file left."""
-    record, output_dir = finished
-    out = tmp_path / "two"
-    manifest = write_manifest(record | {"output_dir": str(out), "seeds": [0]}, tmp_path / "two.yaml")
-    command = [sys.executable, "-m", "magicme", "batch", str(manifest), "--workers", "2"]
-    threads = str(torch.get_num_threads())  # as `finished` ran: bit for bit needs the same float reductions
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    killed, job = None, None
-    for line in process.stderr:
-        if killed is None and "magicme: refine_face: running" in line:  # a worker is inside a clip's chain
-            marker = next(out.glob("clips/*/*/running.json"))
-            killed, job = json.loads(marker.read_text())["worker"], marker.parent
-            os.kill(killed, signal.SIGKILL)
-    assert process.wait() == 0 and killed is not None
-    report = json.loads((out / "report.json").read_text())
-    assert report["done"] == 3 and report["failed"] == 0
-    assert json.loads((job / "done.json").read_text())["worker"] != killed  # another process finished its job
-    two, one = outputs(out, SEED_0), outputs(output_dir, SEED_0)
-    assert all(torch.equal(two[clip], one[clip]) for clip in SEED_0)
-    assert not [path for path in out.rglob("*") if "partial" in path.name or path.name == "running.json"]
-
-
 def test_under_torchrun_every_rank_is_a_worker_and_the_files_are_the_same(finished, tmp_path: Path) -> None:
     """`torchrun --nproc-per-node 2 -m magicme batch`: both ranks take jobs from the one queue, rank 0
     reports, and the videos equal those of one process at the same CPU threads."""
@@ -155,15 +129,18 @@ def test_under_torchrun_every_rank_is_a_worker_and_the_files_are_the_same(finish
     assert all(torch.equal(ranks[clip], one[clip]) for clip in SEED_0)
 
 
-def test_a_failed_job_is_reported_and_the_rest_finish(finished, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["in-process", "ray"])
+def test_a_failed_job_is_reported_and_the_rest_finish(finished, executor: str, tmp_path: Path) -> None:
+    """A job's own error is reported, not retried: on Ray too, where retries are for dead workers."""
     record, _ = finished
+    ray = RaySettings(workers=2) if executor == "ray" else None
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "photo.jpg").write_bytes(b"not a photo")
     identities = {"broken": {"photos": str(broken)}, "alice": record["identities"]["alice"]}  # broken runs first
     manifest = record | {"output_dir": str(tmp_path / "out"), "identities": identities, "seeds": [0]}
     with pytest.raises(BatchFailed, match="2 of 3 jobs failed") as error:
-        run_batch(write_manifest(manifest, tmp_path / "broken.yaml"))
+        run_batch(write_manifest(manifest, tmp_path / "broken.yaml"), ray=ray)
     assert "no usable photo" in str(error.value) and "needs identities/broken, which failed" in str(error.value)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["failed_jobs"]) == {"identities/broken", "clips/broken/0-seed0"}
@@ -238,3 +215,16 @@ def test_a_changed_setting_makes_pending_only_the_jobs_that_depend_on_it(finishe
     assert states["identities/astro"] == "left"
     assert states["clips/astro/0-seed0"] == states["clips/astro/0-seed1"] == "waiting"  # on the new identity
     assert states["clips/alice/0-seed0"] == states["clips/alice/0-seed1"] == "done"
+
+
+def test_ray_options_are_checked_before_any_work(finished, tmp_path: Path, monkeypatch, capsys) -> None:
+    from magicme.cli import main
+
+    record, _ = finished
+    manifest = write_manifest(record | {"output_dir": str(tmp_path / "out")}, tmp_path / "batch.yaml")
+    assert main(["batch", str(manifest), "--address", "auto"]) == 2
+    assert "--address and --gpus-per-job are for --executor ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
+    assert main(["batch", str(manifest), "--executor", "ray"]) == 2
+    assert "pip install 'magicme[ray]'" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("done.json"))

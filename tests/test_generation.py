@@ -331,3 +331,18 @@ def test_chain_stages_share_one_load_and_a_changed_identity_loads_again(
     assert len(loads) == 3  # the new tokens are loaded, not the cached old ones
     before, after = (read_video(tmp_path / run / "generation.mp4") for run in ("run", "again"))
     assert not torch.equal(before, after)
+
+
+def test_the_shared_pipeline_watches_only_the_files_it_names(
+    tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No LoRA named must not mean "the working directory": a file written there (another run's
+    lock, say) neither reloads the weights nor, if it vanishes mid-scan, fails the render."""
+    monkeypatch.setattr(loading, "_shared", {})
+    monkeypatch.chdir(tmp_path)
+    base, motion = tiny_model
+    settings = ModelSettings(base_model=str(base), motion_adapter=str(motion))
+    first = loading.shared_pipeline(settings)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / ".clip.mp4.lock").write_text("123")
+    assert loading.shared_pipeline(settings) is first

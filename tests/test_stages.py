@@ -318,3 +318,24 @@ sys.exit(main(["run", {str(chain_config)!r}]))
     assert not [path for path in output_dir.rglob("*") if "partial" in path.name]
     assert main(["run", str(chain_config)]) == 0
     assert torch.equal(read_video(output_dir / "upscale.mp4"), read_video(uninterrupted_video))
+
+
+def test_a_stage_after_a_clip_with_freenoise_and_freeu_runs_as_on_a_fresh_pipeline(make_pipe, identity_file) -> None:
+    """The chain shares one pipeline: T2V's FreeNoise windows and FreeU, set in the UNet's modules, must
+    not carry into Tiled VCD (a 4-frame clip under 8-frame FreeNoise windows used to fail)."""
+    from magicme.settings import UpscaleSettings
+    from magicme.t2v.generate import generate
+    from magicme.v2v.denoiser import make_denoiser, noise_field_for
+    from magicme.v2v.tiles import denoise_tiled
+    from tests.conftest import quick_settings
+
+    used = make_pipe([str(identity_file)])
+    features = {"num_frames": 12, "free_noise": True, "free_noise_context": 8, "free_noise_stride": 2, "freeu": True}
+    generate(used, quick_settings(**features))
+    settings = UpscaleSettings(prompt="a photo of <alice> woman", strength=0.5, num_inference_steps=2)
+    frames = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tiles = []
+    for pipe in (used, make_pipe([str(identity_file)])):
+        field = noise_field_for(pipe, settings).draw(4, 64, 64)
+        tiles.append(denoise_tiled(frames, make_denoiser(pipe, settings), field, tile=64, overlap=16))
+    assert torch.equal(tiles[0], tiles[1])

@@ -430,17 +430,41 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="worker processes on this machine, sharing one queue (default: 1)"
     )
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)  # a started worker: the batch's start time
+    ray = parser.add_argument_group("Ray (--executor ray; pip install 'magicme[ray]')")
+    ray.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process or --workers processes sharing the output folder (also each torchrun rank); "
+        "ray: one Ray task per job (default: local)",
+    )
+    ray.add_argument(
+        "--address",
+        help="the Ray cluster to join (e.g. auto, ray://HOST:10001; default: RAY_ADDRESS, else a local "
+        "instance with --workers x --cpus-per-job CPUs)",
+    )
+    ray.add_argument("--cpus-per-job", type=int, default=1, help="CPU threads each job asks for (default: 1)")
+    ray.add_argument(
+        "--gpus-per-job", type=float, help="GPUs each job asks for (default: 1 where the cluster has GPUs, else 0)"
+    )
+    ray.add_argument("--retries", type=int, default=3, help="reruns of a job whose Ray worker died (default: 3)")
 
 
 def run_batch_command(args: argparse.Namespace) -> None:
+    from magicme.batch.ray_executor import RaySettings
     from magicme.batch.runner import run_batch
 
-    if args.workers < 1:
-        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.workers < 1 or args.cpus_per_job < 1 or args.retries < 0:
+        raise ValueError("--workers and --cpus-per-job must be 1 or more, and --retries 0 or more")
     if args.worker is not None:
         run_batch(args.manifest, started=args.worker, worker_only=True)
         return
-    output = run_batch(args.manifest, args.workers)
+    ray = None
+    if args.executor == "ray":
+        ray = RaySettings(args.address, args.workers, args.cpus_per_job, args.gpus_per_job, args.retries)
+    elif args.address or args.gpus_per_job is not None:
+        raise ValueError("--address and --gpus-per-job are for --executor ray")
+    output = run_batch(args.manifest, args.workers, ray=ray)
     print(f"batch: every job done; status: {output / 'report.json'}")
 
 

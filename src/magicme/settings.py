@@ -97,6 +97,16 @@ class GenerationSettings:
     free_noise_context: int = _help("FreeNoise window length in frames", default=16)
     free_noise_stride: int = _help("FreeNoise window stride in frames", default=4)
     fps: int = _help("frames per second of the written video", default=8)
+    regions: list[str] = _help(
+        "where an identity acts, one per identity: NAME=PLACE (left, right, center, top, bottom, left-third, "
+        "middle-third, right-third, full), NAME=x0,y0,x1,y1 (fractions of the frame) or NAME=MASK_IMAGE",
+        default_factory=list,
+    )
+    layout: str = _help(
+        "a layout JSON file (boxes, masks, box tracks, region prompts), or `shared` for no regions: every "
+        "identity's tokens act everywhere. Default: a prompt naming several identities places them side by side",
+        default="",
+    )
 
 
 T = TypeVar("T")

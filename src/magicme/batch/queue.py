@@ -5,9 +5,9 @@ and that no other worker holds (`io.locks.exclusive`: an OS lock that dies with 
 process, so a killed worker never leaves a stale claim). It runs the job's chain, scores
 the final video, and writes `done.json`; a job that raises writes `failed.json` with its
 error, and the others go on. So one worker, several processes on one machine, or
-`torchrun`'s ranks all run the same loop, and a slow or dead worker holds back nothing but
-its own job, which the next run (or another worker) finishes: `magicme run`'s fingerprints
-skip its finished stages.
+`torchrun`'s ranks all run the same loop (a Ray task runs one step of it, `take`), and a slow
+or dead worker holds back nothing but its own job, which the next run (or another worker)
+finishes: `magicme run`'s fingerprints skip its finished stages.
 """
 
 import json
@@ -110,14 +110,9 @@ class Queue:
         """Take and run ready jobs until none is left that this worker could run; with `run_together`,
         up to the manifest's `train_together` ready training jobs at once."""
         while True:
-            progressed, blocked = False, False
+            progressed, blocked = self.fail_orphans(), False
             for job in self.manifest.jobs:
                 if self.done(job) or self.failure(job) is not None:
-                    continue
-                failed_needs = [need for need in job.needs if self.failure(self.by_name[need]) is not None]
-                if failed_needs:
-                    self._fail(job, f"needs {', '.join(failed_needs)}, which failed")
-                    progressed = True
                     continue
                 if not self.ready(job):
                     blocked = True  # another worker may be finishing what it needs
@@ -136,6 +131,31 @@ class Queue:
                 return
             if not progressed:
                 time.sleep(POLL_SECONDS)
+
+    def take(
+        self, names: list[str], run_job: Callable[[Job, Path], None], run_together: Callable[[list[Job]], None]
+    ) -> None:
+        """Run the named jobs (several: training jobs learned together), as a scheduler that chose them
+        asks (`batch.ray_executor`): each under its lock, skipping those done meanwhile. Raises
+        BusyError if another worker holds one of them."""
+        with ExitStack() as held:
+            for name in names:
+                held.enter_context(exclusive(self.folder(self.by_name[name]) / "job"))
+            jobs = [self.by_name[name] for name in names if not self.done(self.by_name[name])]
+            if jobs:
+                self._run(jobs, run_job, run_together)
+
+    def fail_orphans(self) -> bool:
+        """Mark the jobs whose needs failed as failed too; whether there were any."""
+        orphans = False
+        for job in self.manifest.jobs:
+            if self.done(job) or self.failure(job) is not None:
+                continue
+            failed_needs = [need for need in job.needs if self.failure(self.by_name[need]) is not None]
+            if failed_needs:
+                self.fail(job, f"needs {', '.join(failed_needs)}, which failed")
+                orphans = True
+        return orphans
 
     def ready(self, job: Job) -> bool:
         return all(self.done(self.by_name[need]) for need in job.needs)
@@ -176,7 +196,7 @@ class Queue:
         except Exception as error:  # one job's failure is reported; the others go on
             if len(jobs) == 1:
                 log.error("batch: %s: failed: %s", names, error)
-                self._fail(jobs[0], f"{type(error).__name__}: {error}", traceback.format_exc())
+                self.fail(jobs[0], f"{type(error).__name__}: {error}", traceback.format_exc())
                 return
             log.warning("batch: %s failed together (%s); running each alone", names, error)
             alone = True
@@ -194,7 +214,7 @@ class Queue:
             marker = {"key": self.key(job), "seconds": seconds, "finished": time.time(), "worker": os.getpid()}
             write_json(marker, self.folder(job) / "done.json")
 
-    def _fail(self, job: Job, error: str, trace: str = "") -> None:
+    def fail(self, job: Job, error: str, trace: str = "") -> None:
         write_json({"error": error, "traceback": trace}, self.folder(job) / "failed.json")
 
     def states(self) -> dict[str, JobState]:

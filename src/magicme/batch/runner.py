@@ -3,7 +3,8 @@
 `--workers 1` runs the jobs in this process. `--workers N` starts N worker processes on this
 machine, each taking jobs from the output folder (`batch.queue`), while this process
 prints the summary; under `torchrun` (or `accelerate launch`) every rank is a worker and
-rank 0 prints it. The summary is also written to `status.json` in the output folder (for
+rank 0 prints it; with `--executor ray` each job is a task on a Ray cluster
+(`batch.ray_executor`). The summary is also written to `status.json` in the output folder (for
 other tools), and the end state of every job to `report.json`.
 """
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from magicme.batch.manifest import Job, expand
 from magicme.batch.queue import JobState, Queue
+from magicme.batch.ray_executor import RaySettings, run_on_ray
 from magicme.chain import run_stages, train_together
 from magicme.io.files import write_json
 from magicme.settings import EvalSettings, from_mapping, read_config_file
@@ -104,8 +106,15 @@ def leave_process_group() -> tuple[int, int]:
     return rank, world
 
 
-def run_batch(manifest_path: Path, workers: int = 1, started: float | None = None, worker_only: bool = False) -> Path:
-    """Run the manifest's jobs; returns the output folder. Raises BatchFailed if any job failed."""
+def run_batch(
+    manifest_path: Path,
+    workers: int = 1,
+    started: float | None = None,
+    worker_only: bool = False,
+    ray: RaySettings | None = None,
+) -> Path:
+    """Run the manifest's jobs (on a Ray cluster, given `ray`); returns the output folder. Raises
+    BatchFailed if any job failed."""
     manifest = expand(read_config_file(manifest_path), str(manifest_path))
     manifest.output_dir.mkdir(parents=True, exist_ok=True)
     queue = Queue(manifest, started if started is not None else time.time())
@@ -114,7 +123,9 @@ def run_batch(manifest_path: Path, workers: int = 1, started: float | None = Non
         queue.work(run_job, run_together=train_jobs_together)
         return manifest.output_dir
     progress = Progress(queue)
-    if workers == 1 or world > 1:
+    if ray is not None:
+        run_on_ray(queue, manifest_path, ray, progress.update)
+    elif workers == 1 or world > 1:
         queue.work(run_job, progress.update, train_jobs_together)
     else:
         command = [sys.executable, "-m", "magicme", "batch", str(manifest_path), "--worker", str(queue.started)]

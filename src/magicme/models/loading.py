@@ -252,9 +252,9 @@ def shared_pipeline(settings: ModelSettings) -> AnimateDiffPipeline:
     """`load_pipeline(settings)`, reused while the settings and every local file they name are unchanged
     (an identity retrained under the same path loads again). Each job sets its own sampler and
     features on the pipeline, so reusing it gives the same frames as loading it afresh."""
-    sources = [settings.base_model, settings.motion_adapter, settings.motion_lora or "", settings.lora or ""]
+    sources = [settings.base_model, settings.motion_adapter, settings.motion_lora, settings.lora]
     sources += [spec.rpartition("=")[2] for spec in settings.identities]
-    key = json.dumps([dataclasses.asdict(settings), [_file_stamps(source) for source in sources]])
+    key = json.dumps([dataclasses.asdict(settings), [_file_stamps(source) for source in sources if source]])
     if key not in _shared:
         _shared.clear()  # free the old weights before loading new ones
         _shared[key] = load_pipeline(settings)

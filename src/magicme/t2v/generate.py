@@ -6,6 +6,7 @@ scheduler's `init_noise_sigma` itself, so the prior is passed unscaled.
 """
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from magicme.models.loading import shared_pipeline
 from magicme.models.schedulers import make_scheduler
 from magicme.models.vae_chunks import vae_chunk
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
+from magicme.t2v.layout import SHARED, Layout, automatic_layout, check_layout, read_layout
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
 from magicme.t2v.prompts import parse_prompt_schedule
+from magicme.t2v.regional_attention import Binding, bound_regions
 from magicme.types import Frames, Latents
 
 
@@ -95,6 +98,60 @@ def initial_latents(pipe: AnimateDiffPipeline, settings: GenerationSettings, gen
     )
 
 
+def identities_named(prompt: str) -> list[str]:
+    """The identities a prompt names, in the order it first names them."""
+    return list(dict.fromkeys(name.lower() for name in PLACEHOLDER.findall(prompt)))
+
+
+def choose_layout(settings: GenerationSettings) -> Layout | None:
+    """The clip's regions: those the settings give, side by side for a prompt naming several
+    identities, or None (no binding: one identity, or `layout: shared`)."""
+    if settings.layout == SHARED:
+        if settings.regions:
+            raise SettingError("regions", f"`layout: {SHARED}` binds no identity to a region; drop one of the two")
+        return None
+    layout = read_layout(settings.layout, settings.regions)
+    named = identities_named(settings.prompt)
+    if layout is None and len(named) > 1:
+        return automatic_layout(named)
+    return layout
+
+
+def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout) -> tuple[str, Binding]:
+    """The prompt with each region's own prompt added, and which of its tokens act where."""
+    tokenizer = pipe.tokenizer
+
+    def length(text: str) -> int:  # tokens before the end token
+        return len(tokenizer(pipe.maybe_convert_prompt(text, tokenizer)).input_ids) - 1
+
+    prompt, spans = lowercase_placeholders(settings.prompt), {}
+    for region in layout.regions:
+        if region.prompt:
+            start, prompt = length(prompt), f"{prompt}, {lowercase_placeholders(region.prompt)}"
+            spans[region.name] = (start, length(prompt))
+    check_placeholders(prompt, loaded_identity_names(pipe))
+    check_prompt_fits(pipe, prompt)
+    ids = tokenizer(
+        pipe.maybe_convert_prompt(prompt, tokenizer),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids[0]
+    added = tokenizer.get_added_vocab()
+    positions = []
+    for region in layout.regions:
+        mine = [i for token, i in added.items() if token == f"<{region.name}>" or token.startswith(f"<{region.name}>_")]
+        where = torch.isin(ids, torch.tensor(mine, dtype=ids.dtype))
+        if region.name in spans:
+            where[slice(*spans[region.name])] = True
+        positions.append(where)
+    latent = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
+    check_layout(layout, identities_named(settings.prompt), settings.num_frames, *latent)
+    masks = [region.masks(settings.num_frames, *latent) for region in layout.regions]
+    return prompt, Binding(positions, masks, guided=settings.guidance_scale > 1)
+
+
 def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
     """Render one clip with T2V VCD.
 
@@ -114,27 +171,37 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
     for text in [*(schedule or {0: prompt}).values(), settings.negative_prompt]:
         check_prompt_fits(pipe, text)
 
-    # 2. Configure the sampler and optional features
+    # 2. Bind each identity to its region, when several share the clip or a layout is given
+    binding = None
+    if layout := choose_layout(settings):
+        if schedule is not None:
+            raise SettingError(
+                "regions", f"regions do not work with prompt travel yet; use one prompt, or `layout: {SHARED}`"
+            )
+        prompt, binding = bind_regions(pipe, settings, layout)
+
+    # 3. Configure the sampler and optional features
     configure_pipeline(pipe, settings, travel=schedule is not None)
 
-    # 3. Draw the initial latents from the 3D noise prior (a CPU generator: same seed, same video on any device)
+    # 4. Draw the initial latents from the 3D noise prior (a CPU generator: same seed, same video on any device)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     latents = initial_latents(pipe, settings, generator)
 
-    # 4. Denoise with the stock AnimateDiff pipeline
-    output = pipe(
-        prompt=schedule or prompt,
-        negative_prompt=settings.negative_prompt or None,
-        num_frames=settings.num_frames,
-        height=settings.height,
-        width=settings.width,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
-        generator=generator,
-        latents=latents,
-        decode_chunk_size=vae_chunk(pipe, settings.num_frames, settings.height, settings.width),
-        output_type="pt",
-    )
+    # 5. Denoise with the stock AnimateDiff pipeline
+    with bound_regions(pipe.unet, binding) if binding else nullcontext():
+        output = pipe(
+            prompt=schedule or prompt,
+            negative_prompt=settings.negative_prompt or None,
+            num_frames=settings.num_frames,
+            height=settings.height,
+            width=settings.width,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            generator=generator,
+            latents=latents,
+            decode_chunk_size=vae_chunk(pipe, settings.num_frames, settings.height, settings.width),
+            output_type="pt",
+        )
     frames = output.frames[0]  # (F, C, H, W)
     assert frames.shape == (settings.num_frames, 3, settings.height, settings.width), frames.shape
     return frames.float().clamp(0, 1).cpu()
@@ -158,5 +225,7 @@ def render(model: ModelSettings, generation: GenerationSettings, output: Path) -
         pipe = shared_pipeline(model)
         frames = generate(pipe, generation)
         settings = {"model": model, "generation": generation}
-        device = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
-        return save_with_sidecar(frames, output, generation.fps, settings, started, **device)
+        record = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
+        if layout := choose_layout(generation):
+            record["layout"] = layout.record()  # the regions as used, an automatic layout's included
+        return save_with_sidecar(frames, output, generation.fps, settings, started, **record)

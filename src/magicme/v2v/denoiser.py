@@ -66,6 +66,10 @@ def make_denoiser(
     check_stage_settings(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
     check_prompt_fits(pipe, lowercase_placeholders(settings.prompt))
+    # A T2V clip's FreeU and FreeNoise live in the shared UNet's modules: the V2V stages take neither
+    pipe.disable_freeu()
+    if pipe.free_noise_enabled:
+        pipe.disable_free_noise()
     video_pipe = AnimateDiffVideoToVideoPipeline.from_pipe(pipe)
     video_pipe.set_progress_bar_config(desc=settings.stage, leave=False)
     if source_prompt is None:

@@ -100,6 +100,33 @@ class WorldRecipe:
         """The chain's 2x upscale: Tiled VCD, or Lanczos and sharpening only (strength 0) while it does not help."""
         return self.upscale(seed, strength=self.tile_strength if self.tiled_vcd_in_chain else 0.0)
 
+    def batch_manifest(
+        self, photos: Path, identities: int = 3, training_steps: int = 100, inference_steps: int | None = None
+    ) -> dict[str, object]:
+        """A `magicme batch` manifest without its `output_dir`: the first `identities` of the report
+        split, each learned from its five photos (written under `photos`), x 2 prompts x 2 seeds;
+        each clip T2V, Face VCD with the world's face locator, then `magicme eval` with the world's
+        identity instrument as its face model."""
+        people = {}
+        for identity in reporting_split(identities):
+            folder = photos / f"photos-{identity}"
+            scenes.write_identity_photos(folder, identity)
+            people[f"id{identity}"] = {"photos": str(folder), "class_word": "person"}
+        base, motion = world_model_paths()
+        sampling = self._sampling() | ({} if inference_steps is None else {"num_inference_steps": inference_steps})
+        training = {"masks": self.masks, "num_tokens": self.num_tokens, "resolution": SIZE, "steps": training_steps}
+        face = {"detector": "world", "guide_size": SIZE, "strength": self.face_strength}
+        return {
+            "model": {"base_model": str(base), "motion_adapter": str(motion), "device": "cpu"},
+            "identities": people,
+            "prompts": ["a close up photo of {identity} on the grass", "a close up photo of {identity} in the snow"],
+            "seeds": [0, 1],
+            "training": training | {"learning_rate": self.learning_rate, "validation_every": 0, "device": "cpu"},
+            "generation": {"height": SIZE, "width": SIZE} | sampling,
+            "refine_face": face | sampling,
+            "evaluation": {"clip_model": "none", "dino_model": "none", "face_model": "world"},
+        }
+
     def _sampling(self) -> dict[str, object]:
         return {"num_inference_steps": self.inference_steps, "guidance_scale": self.guidance}
 

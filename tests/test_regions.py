@@ -1,0 +1,191 @@
+"""Regional identity binding on the tiny model: the processor's masking, layouts and their errors,
+and T2V with several identities."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from PIL import Image
+
+from magicme.errors import SettingError
+from magicme.identity.files import Identity, save_identity
+from magicme.t2v import generate as generate_module
+from magicme.t2v.generate import bind_regions, choose_layout, generate
+from magicme.t2v.layout import Region, read_layout
+from magicme.t2v.regional_attention import Binding, RegionalCrossAttention
+from magicme.testing.tiny import TEXT_WIDTH
+from tests.conftest import quick_settings
+
+TWO = "a photo of <alice> woman and <bob> man"
+
+
+@pytest.fixture(scope="module")
+def bob_file(tmp_path_factory) -> Path:
+    embeddings = torch.randn(3, TEXT_WIDTH, generator=torch.Generator().manual_seed(2))
+    return save_identity(
+        Identity("bob", embeddings, class_word="man"), tmp_path_factory.mktemp("bob") / "bob.safetensors"
+    )
+
+
+@pytest.fixture(scope="module")
+def two_pipe(tiny_model, identity_file: Path, bob_file: Path):
+    from tests.conftest import load_tiny_pipeline
+
+    return load_tiny_pipeline(tiny_model, [str(identity_file), str(bob_file)])
+
+
+def test_an_identitys_tokens_get_no_attention_outside_its_region() -> None:
+    """Changing only the identity's token embeddings changes the output inside its region and leaves
+    every pixel outside it bit for bit; the negative prompt's rows attend as diffusers' processor does."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=16, heads=2, dim_head=16).eval()
+    frames, height, width, tokens = 3, 4, 6, 8
+    left = torch.zeros(frames, height, width, dtype=torch.bool)
+    left[:, :, :3] = True
+    positions = torch.zeros(tokens, dtype=torch.bool)
+    positions[2:4] = True
+    processor = RegionalCrossAttention(Binding([positions], [left], guided=True))
+    pixels = torch.randn(2 * frames, height * width, 32)
+    text = torch.randn(2 * frames, tokens, 16)
+    changed = text.clone()
+    changed[frames:, 2:4] = torch.randn(frames, 2, 16)  # the prompt's rows: the identity's tokens only
+    with torch.no_grad():
+        before = processor(attn, pixels, text)
+        after = processor(attn, pixels, changed)
+        stock = AttnProcessor2_0()(attn, pixels, text)
+    inside = left.flatten(1).repeat(2, 1)  # (rows, pixels)
+    inside[:frames] = False  # the negative prompt's rows: nothing changed there
+    assert torch.equal(before[~inside], after[~inside]), "the identity reached a pixel outside its region"
+    assert not torch.allclose(before[inside], after[inside]), "the identity must act inside its region"
+    assert torch.allclose(before[:frames], stock[:frames], atol=1e-6), "the negative prompt attends as before"
+
+
+def test_one_identity_and_no_layout_renders_as_before(tiny_pipe, monkeypatch) -> None:
+    """No layout and one identity: no processor is swapped, and the frames equal `layout: shared`."""
+    installed = []
+    real = generate_module.bound_regions
+    monkeypatch.setattr(generate_module, "bound_regions", lambda *a: installed.append(a) or real(*a))
+    settings = quick_settings(prompt="a photo of <alice> woman")
+    default = generate(tiny_pipe, settings)
+    assert not installed
+    shared = generate(tiny_pipe, quick_settings(prompt="a photo of <alice> woman", layout="shared"))
+    assert torch.equal(default, shared)
+
+
+def test_two_identities_are_placed_side_by_side_and_bound_to_their_own_tokens(two_pipe) -> None:
+    settings = quick_settings(prompt=TWO)
+    layout = choose_layout(settings)
+    assert [(region.name, region.box_at(0)) for region in layout.regions] == [
+        ("alice", (0.0, 0.0, 0.5, 1.0)),
+        ("bob", (0.5, 0.0, 1.0, 1.0)),
+    ]
+    prompt, binding = bind_regions(two_pipe, settings, layout)
+    ids = two_pipe.tokenizer(two_pipe.maybe_convert_prompt(prompt, two_pipe.tokenizer)).input_ids
+    vocab = two_pipe.tokenizer.get_added_vocab()
+    for name, positions, count in (("alice", binding.positions[0], 4), ("bob", binding.positions[1], 3)):
+        mine = [
+            index
+            for index, token in enumerate(ids)
+            if token in {v for k, v in vocab.items() if k.startswith(f"<{name}>")}
+        ]
+        assert positions.nonzero().flatten().tolist() == mine and len(mine) == count
+    assert binding.masks[0][:, :, :4].all() and not binding.masks[0][:, :, 4:].any()  # 64 px: 8 latent columns
+
+
+def test_binding_changes_the_clip_and_leaves_the_unet_as_it_was(two_pipe) -> None:
+    before = {name: type(p) for name, p in two_pipe.unet.attn_processors.items()}
+    bound = generate(two_pipe, quick_settings(prompt=TWO))
+    assert {name: type(p) for name, p in two_pipe.unet.attn_processors.items()} == before
+    shared = generate(two_pipe, quick_settings(prompt=TWO, layout="shared"))
+    assert not torch.equal(bound, shared)
+    assert torch.equal(generate(two_pipe, quick_settings(prompt=TWO)), bound), "the same settings, the same clip"
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"freeu": True},
+        {"free_init": True, "free_init_iters": 2},
+        {"free_noise_context": 8, "free_noise_stride": 2, "num_frames": 12, "free_noise": True},
+        {"guidance_scale": 1.0},
+    ],
+)
+def test_binding_composes_with_the_pipelines_features(two_pipe, features: dict) -> None:
+    frames = generate(two_pipe, quick_settings(prompt=TWO, regions=["alice=left-third", "bob=right-third"], **features))
+    assert frames.shape[0] == features.get("num_frames", 8) and torch.isfinite(frames).all()
+
+
+def test_a_region_prompt_is_added_and_bound_to_its_region(two_pipe, tmp_path: Path) -> None:
+    layout_file = tmp_path / "layout.json"
+    tracks = {"alice": {"box": [0, 0, 0.5, 1], "prompt": "<alice> woman in a red coat"}}
+    tracks["bob"] = {"track": {"0": [0.5, 0, 1, 1], "7": [0.5, 0.25, 1, 0.75]}}
+    layout_file.write_text(json.dumps(tracks))
+    settings = quick_settings(prompt=TWO, layout=str(layout_file))
+    prompt, binding = bind_regions(two_pipe, settings, choose_layout(settings))
+    assert prompt == f"{TWO}, <alice> woman in a red coat"
+    assert binding.positions[0].sum() == 4 + 4 + 6  # its tokens in the prompt, then its region's prompt
+    assert binding.masks[1][0, 0, 4:].all() and not binding.masks[1][7, 0, 4:].any()  # bob's box moved down
+
+
+def test_a_box_track_is_interpolated_between_its_keyframes() -> None:
+    region = Region("alice", {0: (0.0, 0.0, 0.5, 1.0), 10: (0.5, 0.0, 1.0, 1.0)})
+    assert region.box_at(5) == (0.25, 0.0, 0.75, 1.0)
+    assert region.box_at(-1) == region.box_at(0) and region.box_at(20) == region.box_at(10)
+
+
+def write_mask(path: Path, white: bool) -> str:
+    Image.new("L", (8, 8), 255 if white else 0).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"regions": ["alice=0,0,1.2,1", "bob=right"]}, "leaves the frame"),
+        ({"regions": ["alice=left"]}, "names <bob> but the layout gives it no region"),
+        ({"regions": ["alice=left", "bob=center"]}, "share 50% of the smaller one"),
+        ({"regions": ["alice=left", "bob=somewhere"]}, "neither a place"),
+        ({"regions": ["alice=left", "bob=right", "carol=full"]}, "neither the prompt nor its region's prompt"),
+        ({"regions": ["alice=left", "alice=right"]}, "two regions"),
+        ({"regions": ["alice=left"], "layout": "shared"}, "binds no identity"),
+        ({"prompt": "0: <alice> woman and <bob> man | 4: <alice> and <bob> dancing"}, "prompt travel"),
+        ({"regions": ["alice=left", "bob=0.5,0,0.51,0.1"]}, "smaller than one latent pixel"),
+    ],
+)
+def test_bad_layouts_are_clear_errors(two_pipe, change: dict, words: str) -> None:
+    with pytest.raises(SettingError, match=words.replace("(", r"\(")):
+        generate(two_pipe, quick_settings(**({"prompt": TWO} | change)))
+
+
+def test_mask_and_layout_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="no white pixel"):
+        read_layout("", [f"alice={write_mask(tmp_path / 'black.png', False)}"])
+    assert read_layout("", [f"alice={write_mask(tmp_path / 'white.png', True)}"]).regions[0].masks(2, 4, 4).all()
+    (tmp_path / "bad.json").write_text(json.dumps({"alice": {"box": [0, 0, 1, 1], "track": {}}}))
+    with pytest.raises(SettingError, match="one of box, track or mask"):
+        read_layout(str(tmp_path / "bad.json"), [])
+    (tmp_path / "keys.json").write_text(json.dumps({"alice": {"track": {"start": [0, 0, 1, 1]}}}))
+    with pytest.raises(SettingError, match="frame numbers"):
+        read_layout(str(tmp_path / "keys.json"), [])
+    with pytest.raises(SettingError, match="not a file"):
+        read_layout(str(tmp_path / "missing.json"), [])
+
+
+def test_the_cli_takes_regions_and_the_sidecar_records_the_layout(
+    tiny_model, identity_file, bob_file, tmp_path
+) -> None:
+    from magicme.cli import main
+
+    base, motion = tiny_model
+    output = tmp_path / "two.mp4"
+    argv = ["generate", "--base-model", str(base), "--motion-adapter", str(motion)]
+    argv += ["--identity", str(identity_file), "--identity", str(bob_file), "--prompt", TWO]
+    argv += ["--num-frames", "4", "--height", "64", "--width", "64", "--num-inference-steps", "2"]
+    assert main([*argv, "--region", "alice=left", "--region", "bob=right", "-o", str(output)]) == 0
+    sidecar = json.loads((tmp_path / "two.json").read_text())
+    assert sidecar["generation"]["regions"] == ["alice=left", "bob=right"]
+    assert sidecar["record"]["layout"]["bob"] == {"track": {"0": [0.5, 0.0, 1.0, 1.0]}}
+    assert main([*argv, "--region", "alice=left", "-o", str(tmp_path / "bad.mp4")]) == 2
+    assert not (tmp_path / "bad.mp4").exists()
