@@ -10,6 +10,7 @@ from magicme.v2v.faces import (
     fill_missing,
     link_tracks,
     opencv_face_detector,
+    owner_of,
     refine_faces,
 )
 
@@ -126,3 +127,32 @@ def test_a_face_the_crop_would_not_enlarge_is_left_unless_every_face_is_asked_fo
         assert torch.equal(refined, frames) == kept
     every = refine_faces(frames, lambda crop, noise: 1 - crop, NOISE, lambda frame: [close_up], guide_size=64)
     assert not torch.equal(every, frames)
+
+
+def test_each_face_is_refined_as_the_identity_whose_region_it_overlaps_and_others_are_left() -> None:
+    """Three faces: one in alice's half, one in bob's, one in neither region; each identity's denoiser
+    gets its own faces (in batches), and the third face is left as it was."""
+    frames = torch.rand(4, 3, 128, 384, generator=torch.Generator().manual_seed(1))
+    faces = [(40, 40, 30, 30), (220, 40, 30, 30), (330, 90, 20, 20)]
+    regions = {name: torch.zeros(4, 128, 384, dtype=torch.bool) for name in ("alice", "bob")}
+    regions["alice"][:, :, :150] = True
+    regions["bob"][:, :, 150:300] = True
+    assert [owner_of([face] * 4, regions) for face in faces] == ["alice", "bob", None]
+    seen: dict[str, list[int]] = {"alice": [], "bob": []}
+
+    def denoiser(name: str, shade: float):
+        return lambda crops, noise: seen[name].append(crops.shape[0]) or torch.full_like(crops, shade)
+
+    denoisers = {"alice": denoiser("alice", 0.0), "bob": denoiser("bob", 1.0)}
+    refined = refine_faces(
+        frames,
+        denoisers["alice"],
+        NOISE,
+        lambda frame: faces,
+        guide_size=64,
+        min_enlargement=1,
+        denoiser_for=lambda boxes: denoisers.get(owner_of(boxes, regions)),
+    )
+    assert seen == {"alice": [1], "bob": [1]}
+    assert refined[..., 55, 55].max() == 0 and refined[..., 55, 235].min() == 1  # each face its identity's
+    assert torch.equal(refined[..., 100, 340], frames[..., 100, 340]), "the face in no region is left"

@@ -189,3 +189,44 @@ def test_the_cli_takes_regions_and_the_sidecar_records_the_layout(
     assert sidecar["record"]["layout"]["bob"] == {"track": {"0": [0.5, 0.0, 1.0, 1.0]}}
     assert main([*argv, "--region", "alice=left", "-o", str(tmp_path / "bad.mp4")]) == 2
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_face_vcd_refines_each_face_as_the_identity_of_its_region(
+    tiny_model, identity_file, bob_file, astronaut, tmp_path
+) -> None:
+    """Two astronauts side by side: with alice's region on the left only, her face is refined with her
+    prompt and the right face, in no region, is left; with both regions, both faces are refined."""
+    import numpy as np
+
+    from magicme.cli import main
+    from magicme.io.video import read_video, save_video
+
+    half = torch.from_numpy(np.array(astronaut.image.resize((256, 256)))).permute(2, 0, 1).float() / 255
+    clip = save_video(torch.cat([half, half], dim=2)[None].repeat(4, 1, 1, 1), tmp_path / "two.mp4")
+    base, motion = tiny_model
+    argv = ["refine-face", str(clip), "--base-model", str(base), "--motion-adapter", str(motion)]
+    argv += ["--identity", str(identity_file), "--identity", str(bob_file), "--prompt", "close up photo of {identity}"]
+    argv += ["--num-inference-steps", "2", "--guide-size", "64", "--min-enlargement", "1"]
+    before = read_video(clip)
+    assert main([*argv, "--region", "alice=left", "-o", str(tmp_path / "alice.mp4")]) == 0
+    change = (read_video(tmp_path / "alice.mp4") - before).abs().mean(dim=(0, 1))
+    assert change[:, :256].mean() > 0.03 and change[:, 256:].mean() < 0.02, "her face refined, the other left"
+    assert main([*argv, "--region", "alice=left", "--region", "bob=right", "-o", str(tmp_path / "both.mp4")]) == 0
+    change = (read_video(tmp_path / "both.mp4") - before).abs().mean(dim=(0, 1))
+    assert change[:, 256:].mean() > 0.03
+    assert json.loads((tmp_path / "both.json").read_text())["refine_face"]["regions"] == ["alice=left", "bob=right"]
+    assert main([*argv[:-8], "--prompt", "close up photo", *argv[-6:], "--region", "alice=left"]) == 2
+
+
+def test_a_chains_face_stage_takes_the_regions_the_clip_was_made_with() -> None:
+    from magicme.chain import parse_chain
+
+    face = {"prompt": "close up photo of {identity}"}
+    automatic = parse_chain({"generation": {"prompt": TWO}, "refine_face": face}, "chain")[3]["refine_face"]
+    assert automatic.regions == ["alice=0.0,0.0,0.5,1.0", "bob=0.5,0.0,1.0,1.0"]
+    given = {"prompt": TWO, "regions": ["alice=right", "bob=left"]}
+    assert parse_chain({"generation": given, "refine_face": face}, "c")[3]["refine_face"].regions == given["regions"]
+    own = face | {"regions": ["alice=full"]}
+    assert parse_chain({"generation": given, "refine_face": own}, "c")[3]["refine_face"].regions == ["alice=full"]
+    one = {"prompt": "a photo of <alice> woman"}
+    assert parse_chain({"generation": one, "refine_face": face}, "c")[3]["refine_face"].regions == []

@@ -35,6 +35,7 @@ from magicme.settings import (
     UpscaleSettings,
     from_mapping,
 )
+from magicme.t2v.layout import with_regions_of
 
 log = logging.getLogger("magicme")
 
@@ -119,6 +120,8 @@ def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None,
         for name, cls in STAGES.items()
         if name in config
     }
+    if "generation" in stages and "refine_face" in stages:  # the faces of several identities: where each was put
+        stages["refine_face"] = with_regions_of(stages["generation"], stages["refine_face"])
     source_video = Path(config["input"]) if "input" in config else None
     return Path(config.get("output_dir") or "runs/chain"), source_video, model, stages
 

@@ -21,6 +21,10 @@ DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 SCHEDULERS = ("ddim", "euler", "euler-ancestral", "dpmpp-2m-karras", "euler-trailing", "lcm")  # the last two: presets
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 FREEU_SPEC = {"s1": 0.9, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # the reference workflow's values
+REGIONS_HELP = (
+    "where an identity acts, one per identity: NAME=PLACE (left, right, center, top, bottom, left-third, "
+    "middle-third, right-third, full), NAME=x0,y0,x1,y1 (fractions of the frame) or NAME=MASK_IMAGE"
+)
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None, plugins: bool = False, **kwargs: Any) -> Any:
@@ -97,11 +101,7 @@ class GenerationSettings:
     free_noise_context: int = _help("FreeNoise window length in frames", default=16)
     free_noise_stride: int = _help("FreeNoise window stride in frames", default=4)
     fps: int = _help("frames per second of the written video", default=8)
-    regions: list[str] = _help(
-        "where an identity acts, one per identity: NAME=PLACE (left, right, center, top, bottom, left-third, "
-        "middle-third, right-third, full), NAME=x0,y0,x1,y1 (fractions of the frame) or NAME=MASK_IMAGE",
-        default_factory=list,
-    )
+    regions: list[str] = _help(REGIONS_HELP, default_factory=list)
     layout: str = _help(
         "a layout JSON file (boxes, masks, box tracks, region prompts), or `shared` for no regions: every "
         "identity's tokens act everywhere. Default: a prompt naming several identities places them side by side",
@@ -308,6 +308,12 @@ class FaceSettings(VideoToVideoSettings):
         "leave faces whose crop is enlarged less than this to reach the guide size (1: refine every face)",
         default=1.2,
     )
+    regions: list[str] = _help(
+        f"{REGIONS_HELP}; each face is refined as the identity whose region it overlaps most, with {{identity}} "
+        "in the prompt replaced by that identity's <NAME> and class word (a face in no region is left)",
+        default_factory=list,
+    )
+    layout: str = _help("a layout JSON file, as `generate --layout` takes, for the same matching", default="")
 
 
 @dataclass

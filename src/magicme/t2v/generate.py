@@ -21,7 +21,7 @@ from magicme.models.loading import shared_pipeline
 from magicme.models.schedulers import make_scheduler
 from magicme.models.vae_chunks import vae_chunk
 from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
-from magicme.t2v.layout import SHARED, Layout, automatic_layout, check_layout, read_layout
+from magicme.t2v.layout import SHARED, Layout, check_layout, choose_layout, identities_named
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
 from magicme.t2v.prompts import parse_prompt_schedule
 from magicme.t2v.regional_attention import Binding, bound_regions
@@ -96,25 +96,6 @@ def initial_latents(pipe: AnimateDiffPipeline, settings: GenerationSettings, gen
     return sample_noise_prior(
         shape, settings.gamma, generator=generator, device=pipe._execution_device, dtype=pipe.text_encoder.dtype
     )
-
-
-def identities_named(prompt: str) -> list[str]:
-    """The identities a prompt names, in the order it first names them."""
-    return list(dict.fromkeys(name.lower() for name in PLACEHOLDER.findall(prompt)))
-
-
-def choose_layout(settings: GenerationSettings) -> Layout | None:
-    """The clip's regions: those the settings give, side by side for a prompt naming several
-    identities, or None (no binding: one identity, or `layout: shared`)."""
-    if settings.layout == SHARED:
-        if settings.regions:
-            raise SettingError("regions", f"`layout: {SHARED}` binds no identity to a region; drop one of the two")
-        return None
-    layout = read_layout(settings.layout, settings.regions)
-    named = identities_named(settings.prompt)
-    if layout is None and len(named) > 1:
-        return automatic_layout(named)
-    return layout
 
 
 def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout) -> tuple[str, Binding]:

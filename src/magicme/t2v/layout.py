@@ -16,6 +16,7 @@ With no layout, a prompt that names several identities gets one of its own: side
 for two, in thirds for three.
 """
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import torch
 from PIL import Image
 
 from magicme.errors import SettingError
+from magicme.identity.files import PLACEHOLDER
+from magicme.settings import FaceSettings, GenerationSettings
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame's width and height
 PLACES: dict[str, Box] = {
@@ -234,3 +237,33 @@ def check_layout(layout: Layout, named: list[str], frames: int, height: int, wid
                     f"the regions of <{first}> and <{second}> share {shared / smaller:.0%} of the smaller one, over "
                     f"the limit of {layout.max_overlap:.0%}: move them apart, or raise max_overlap in the layout file",
                 )
+
+
+def identities_named(prompt: str) -> list[str]:
+    """The identities a prompt names, in the order it first names them."""
+    return list(dict.fromkeys(name.lower() for name in PLACEHOLDER.findall(prompt)))
+
+
+def choose_layout(settings: GenerationSettings) -> Layout | None:
+    """The clip's regions: those the settings give, side by side for a prompt naming several
+    identities, or None (no binding: one identity, or `layout: shared`)."""
+    if settings.layout == SHARED:
+        if settings.regions:
+            raise SettingError("regions", f"`layout: {SHARED}` binds no identity to a region; drop one of the two")
+        return None
+    layout = read_layout(settings.layout, settings.regions)
+    named = identities_named(settings.prompt)
+    if layout is None and len(named) > 1:
+        return automatic_layout(named)
+    return layout
+
+
+def with_regions_of(generation: GenerationSettings, face: FaceSettings) -> FaceSettings:
+    """A chain's Face VCD settings with the clip's regions, unless the stage gives its own: each face
+    is then matched to the identity placed where it is."""
+    if face.regions or face.layout or not (layout := choose_layout(generation)):
+        return face
+    if generation.layout or generation.regions:
+        return dataclasses.replace(face, layout=generation.layout, regions=list(generation.regions))
+    boxes = [f"{region.name}={','.join(str(value) for value in region.box_at(0))}" for region in layout.regions]
+    return dataclasses.replace(face, regions=boxes)

@@ -9,6 +9,7 @@ and blended with a mask that is 0 on the region's border: nothing outside it cha
 """
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -57,6 +58,18 @@ def crop_region(boxes: list[Box], crop_factor: float, height: int, width: int) -
     return x, y, side
 
 
+def owner_of(boxes: list[Box], regions: dict[str, torch.Tensor]) -> str | None:
+    """The identity whose region a face overlaps most through the clip (regions: name -> (F, H, W)
+    booleans), or None where it overlaps none."""
+    overlaps = {}
+    for name, masks in regions.items():
+        overlaps[name] = sum(
+            int(mask[y : y + h, x : x + w].sum()) for mask, (x, y, w, h) in zip(masks, boxes, strict=True)
+        )
+    best = max(overlaps, key=overlaps.get, default=None)
+    return best if best is not None and overlaps[best] > 0 else None
+
+
 def feather_mask(side: int, feather: int) -> torch.Tensor:
     """(side, side) blend weights: 0 on the border, rising over `feather` pixels to 1 inside."""
     edge = torch.arange(side).float()
@@ -76,6 +89,7 @@ def refine_faces(
     largest_only: bool = False,
     min_enlargement: float = 1.0,
     batch: int = 1,
+    denoiser_for: Callable[[list[Box]], Denoiser | None] | None = None,
 ) -> Frames:
     """Face VCD over a clip; a clip with no face comes back unchanged, with a warning.
 
@@ -93,6 +107,8 @@ def refine_faces(
             Face VCD adds detail by redrawing a small face large; a face already at the guide size
             gains no resolution, and redrawing it only drifts from the clip. 1 or less: refine every face.
         batch: face crops per denoiser call.
+        denoiser_for: with several identities, the denoiser of a face from its boxes through the
+            clip (its identity's prompt), or None to leave that face; by default `denoise` for every face.
 
     Returns:
         frames of the input's shape; nothing outside the face regions changes.
@@ -104,20 +120,29 @@ def refine_faces(
         return frames
     regions = []
     for track in tracks[:1] if largest_only else tracks:
-        x, y, side = crop_region(fill_missing(track), crop_factor, height, width)
+        boxes = fill_missing(track)
+        x, y, side = crop_region(boxes, crop_factor, height, width)
         if min_enlargement > 1 and guide_size / side < min_enlargement:
             log.info(
                 "Face VCD: a face whose %d px crop is near the guide size (%d px) is left as it is", side, guide_size
             )
             continue
-        regions.append((slice(y, y + side), slice(x, x + side), side))
+        chosen = denoise if denoiser_for is None else denoiser_for(boxes)
+        if chosen is None:
+            log.info("Face VCD: a face in no identity's region is left as it is")
+            continue
+        regions.append((slice(y, y + side), slice(x, x + side), side, chosen))
     # every crop is cut from the clip as it came, so the faces do not depend on the order they are refined in
-    crops = [resize_frames(frames[..., rows, columns], (guide_size, guide_size)) for rows, columns, _ in regions]
+    crops = [resize_frames(frames[..., rows, columns], (guide_size, guide_size)) for rows, columns, _, _ in regions]
     noises = [noise(len(frames), guide_size, guide_size) for _ in regions]
+    guides: list[torch.Tensor] = [torch.empty(0)] * len(regions)
+    for chosen in dict.fromkeys(region[3] for region in regions):  # each identity's faces in batches
+        mine = [index for index, region in enumerate(regions) if region[3] is chosen]
+        done = denoise_in_batches(chosen, [crops[i] for i in mine], [noises[i] for i in mine], batch, "Face VCD faces")
+        for index, guide in zip(mine, done, strict=True):
+            guides[index] = guide
     refined = frames.clone()
-    for (rows, columns, side), guide in zip(
-        regions, denoise_in_batches(denoise, crops, noises, batch, "Face VCD faces"), strict=True
-    ):
+    for (rows, columns, side, _), guide in zip(regions, guides, strict=True):
         alpha = feather_mask(side, feather)
         refined[..., rows, columns] = (
             refined[..., rows, columns] * (1 - alpha) + resize_frames(guide, (side, side)) * alpha
