@@ -218,7 +218,7 @@ def test_face_vcd_refines_each_face_as_the_identity_of_its_region(
     assert main([*argv[:-8], "--prompt", "close up photo", *argv[-6:], "--region", "alice=left"]) == 2
 
 
-def test_a_chains_face_stage_takes_the_regions_the_clip_was_made_with() -> None:
+def test_a_chains_face_and_tile_stages_take_the_regions_the_clip_was_made_with() -> None:
     from magicme.chain import parse_chain
 
     face = {"prompt": "close up photo of {identity}"}
@@ -230,3 +230,41 @@ def test_a_chains_face_stage_takes_the_regions_the_clip_was_made_with() -> None:
     assert parse_chain({"generation": given, "refine_face": own}, "c")[3]["refine_face"].regions == ["alice=full"]
     one = {"prompt": "a photo of <alice> woman"}
     assert parse_chain({"generation": one, "refine_face": face}, "c")[3]["refine_face"].regions == []
+    tiles = parse_chain({"generation": given, "upscale": {"prompt": "a photo of {identity}"}}, "c")[3]["upscale"]
+    assert tiles.regions == given["regions"]
+
+
+def test_each_tile_is_prompted_with_the_identities_its_place_overlaps(identity_file, bob_file, monkeypatch) -> None:
+    from magicme.settings import ModelSettings, UpscaleSettings
+    from magicme.v2v import identities
+
+    monkeypatch.setattr(identities, "shared_pipeline", lambda model: None)
+    monkeypatch.setattr(identities, "make_denoiser", lambda pipe, settings: settings.prompt)  # the prompt it gets
+    model = ModelSettings(identities=[str(identity_file), str(bob_file)])
+    settings = UpscaleSettings(prompt="a photo of {identity} on the beach")
+    layout = read_layout("", ["alice=left-third", "bob=right-third"])
+    for_tile = identities.tile_denoisers(model, settings, layout, torch.Size([4, 3, 96, 192]))
+    assert for_tile((0.0, 0.0, 0.4, 1.0)) == "a photo of <alice> woman on the beach"
+    assert for_tile((0.5, 0.0, 1.0, 0.5)) == "a photo of <bob> man on the beach"
+    assert for_tile((0.2, 0.0, 0.8, 1.0)) == "a photo of <alice> woman and <bob> man on the beach"
+    assert for_tile((0.4, 0.0, 0.6, 1.0)) == "a photo of on the beach"
+    with pytest.raises(SettingError, match="write \\{identity\\}"):
+        identities.identity_free(UpscaleSettings(prompt="a photo of <alice> woman"))
+
+
+def test_tiles_go_to_their_own_denoisers_and_blend_as_before() -> None:
+    """Each tile through the denoiser its place chooses; with one denoiser for all, the same as before."""
+    from magicme.v2v.tiles import denoise_tiled
+
+    frames = torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    noise = torch.zeros(1, 4, 2, 8, 16)
+    calls = []
+
+    def shade(value: float):
+        return lambda clips, noise: calls.append(value) or torch.full_like(clips, value)
+
+    dark, light = shade(0.0), shade(1.0)
+    chosen = denoise_tiled(frames, dark, noise, 32, 16, batch=4, denoiser_for=lambda p: dark if p[0] < 0.4 else light)
+    assert chosen[..., :, :24].max() == 0 and chosen[..., :, 104:].min() == 1
+    assert calls == [0.0, 1.0], "2 x 4 tiles: each denoiser's 4 tiles in one call"
+    assert torch.equal(denoise_tiled(frames, dark, noise, 32, 16), denoise_tiled(frames, dark, noise, 32, 16, 3))

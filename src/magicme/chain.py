@@ -120,8 +120,9 @@ def parse_chain(config: dict[str, Any], source: str) -> tuple[Path, Path | None,
         for name, cls in STAGES.items()
         if name in config
     }
-    if "generation" in stages and "refine_face" in stages:  # the faces of several identities: where each was put
-        stages["refine_face"] = with_regions_of(stages["generation"], stages["refine_face"])
+    for stage in ("refine_face", "upscale"):  # with several identities: where the clip put each one
+        if "generation" in stages and stage in stages:
+            stages[stage] = with_regions_of(stages["generation"], stages[stage])
     source_video = Path(config["input"]) if "input" in config else None
     return Path(config.get("output_dir") or "runs/chain"), source_video, model, stages
 

@@ -333,6 +333,12 @@ class UpscaleSettings(VideoToVideoSettings):
         "pixels each tile extends into its neighbours, blended smoothly (bounds: tile + overlap)", default=64
     )
     sharpen: float = _help("contrast-adaptive sharpening amount, 0 to 1 (reference: 0.2; 0: off)", default=0.2)
+    regions: list[str] = _help(
+        f"{REGIONS_HELP}; each tile's prompt then names the identities whose regions it overlaps, written "
+        "where {identity} is in the prompt (nothing for a tile in no region)",
+        default_factory=list,
+    )
+    layout: str = _help("a layout JSON file, as `generate --layout` takes, for the same placing", default="")
 
 
 @dataclass

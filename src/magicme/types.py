@@ -12,6 +12,7 @@ import torch
 Frames = torch.Tensor  # (F, 3, H, W) floats in [0, 1]
 Latents = torch.Tensor  # (B, C, F, h, w): B videos, C latent channels, F frames, h x w = H x W / scale
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
+Place = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame's width and height
 FaceDetector = Callable[[np.ndarray], list[Box]]  # one RGB uint8 frame (H, W, 3) -> its face boxes
 FaceEmbedder = Callable[[np.ndarray], torch.Tensor | None]  # one RGB uint8 image -> (D,), or None: no face
 # Re-noise B same-sized clips `frames` (B, F, 3, H, W) with `noise` (B, C, F, H / s, W / s) to the

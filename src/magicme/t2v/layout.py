@@ -21,7 +21,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from PIL import Image
 
 from magicme.errors import SettingError
 from magicme.identity.files import PLACEHOLDER
-from magicme.settings import FaceSettings, GenerationSettings
+from magicme.settings import FaceSettings, GenerationSettings, UpscaleSettings
+from magicme.types import Place
 
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame's width and height
-PLACES: dict[str, Box] = {
+PLACES: dict[str, Place] = {
     "left": (0.0, 0.0, 0.5, 1.0),
     "right": (0.5, 0.0, 1.0, 1.0),
     "top": (0.0, 0.0, 1.0, 0.5),
@@ -44,6 +44,7 @@ PLACES: dict[str, Box] = {
     "full": (0.0, 0.0, 1.0, 1.0),
 }
 MAX_OVERLAP = 0.25  # the share of the smaller of two regions that they may have in common
+StageSettings = TypeVar("StageSettings", FaceSettings, UpscaleSettings)
 SHARED = "shared"  # the layout value for no binding: every identity's tokens everywhere, as before regions
 
 
@@ -52,11 +53,11 @@ class Region:
     """One identity's place: a box track (a fixed box is a track of one key) or a mask image."""
 
     name: str
-    track: dict[int, Box] = field(default_factory=dict)
+    track: dict[int, Place] = field(default_factory=dict)
     mask: str | None = None  # an image file; white is the region
     prompt: str = ""
 
-    def box_at(self, frame: int) -> Box:
+    def box_at(self, frame: int) -> Place:
         """The box at `frame`: interpolated between the keyframes around it, held outside them."""
         keys = sorted(self.track)
         if frame <= keys[0]:
@@ -97,7 +98,7 @@ class Layout:
         return {region.name: region.record() for region in self.regions} | {"max_overlap": self.max_overlap}
 
 
-def parse_box(values: Any, where: str) -> Box:
+def parse_box(values: Any, where: str) -> Place:
     """Four fractions x0, y0, x1, y1 inside the frame, with x0 < x1 and y0 < y1."""
     if not isinstance(values, (list, tuple)) or len(values) != 4:
         raise SettingError("regions", f"{where}: a box is four numbers x0, y0, x1, y1, got {values!r}")
@@ -258,12 +259,12 @@ def choose_layout(settings: GenerationSettings) -> Layout | None:
     return layout
 
 
-def with_regions_of(generation: GenerationSettings, face: FaceSettings) -> FaceSettings:
-    """A chain's Face VCD settings with the clip's regions, unless the stage gives its own: each face
-    is then matched to the identity placed where it is."""
-    if face.regions or face.layout or not (layout := choose_layout(generation)):
-        return face
+def with_regions_of(generation: GenerationSettings, stage: StageSettings) -> StageSettings:
+    """A chain's Face VCD or Tiled VCD settings with the clip's regions, unless the stage gives its
+    own: each face or tile then gets the identities placed where it is."""
+    if stage.regions or stage.layout or not (layout := choose_layout(generation)):
+        return stage
     if generation.layout or generation.regions:
-        return dataclasses.replace(face, layout=generation.layout, regions=list(generation.regions))
+        return dataclasses.replace(stage, layout=generation.layout, regions=list(generation.regions))
     boxes = [f"{region.name}={','.join(str(value) for value in region.box_at(0))}" for region in layout.regions]
-    return dataclasses.replace(face, regions=boxes)
+    return dataclasses.replace(stage, regions=boxes)

@@ -35,3 +35,18 @@ def denoise_in_batches(
             results += denoised.unbind(0)
             bar.update(len(denoised))
     return results
+
+
+def denoise_grouped(
+    denoisers: list[Denoiser], clips: list[Frames], noises: list[Latents], batch: int, description: str
+) -> list[Frames]:
+    """`denoise_in_batches` where each clip has its own denoiser (several identities: each face or
+    tile with its identities' prompt): the clips of one denoiser go in batches together; the
+    results come back in the clips' order."""
+    results: list[Frames] = [torch.empty(0)] * len(clips)
+    for denoise in dict.fromkeys(denoisers):
+        mine = [index for index, own in enumerate(denoisers) if own is denoise]
+        done = denoise_in_batches(denoise, [clips[i] for i in mine], [noises[i] for i in mine], batch, description)
+        for index, clip in zip(mine, done, strict=True):
+            results[index] = clip
+    return results

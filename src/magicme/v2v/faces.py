@@ -17,7 +17,7 @@ import torch
 from magicme.detection import opencv_face_detector, overlap
 from magicme.io.video import resize_frames, to_uint8
 from magicme.types import Box, Denoiser, FaceDetector, Frames, NoiseSource
-from magicme.v2v.batches import denoise_in_batches
+from magicme.v2v.batches import denoise_grouped
 
 log = logging.getLogger("magicme")
 
@@ -135,12 +135,8 @@ def refine_faces(
     # every crop is cut from the clip as it came, so the faces do not depend on the order they are refined in
     crops = [resize_frames(frames[..., rows, columns], (guide_size, guide_size)) for rows, columns, _, _ in regions]
     noises = [noise(len(frames), guide_size, guide_size) for _ in regions]
-    guides: list[torch.Tensor] = [torch.empty(0)] * len(regions)
-    for chosen in dict.fromkeys(region[3] for region in regions):  # each identity's faces in batches
-        mine = [index for index, region in enumerate(regions) if region[3] is chosen]
-        done = denoise_in_batches(chosen, [crops[i] for i in mine], [noises[i] for i in mine], batch, "Face VCD faces")
-        for index, guide in zip(mine, done, strict=True):
-            guides[index] = guide
+    denoisers = [region[3] for region in regions]
+    guides = denoise_grouped(denoisers, crops, noises, batch, "Face VCD faces")
     refined = frames.clone()
     for (rows, columns, side, _), guide in zip(regions, guides, strict=True):
         alpha = feather_mask(side, feather)

@@ -5,31 +5,26 @@ runs its stage through a shared-weight video-to-video denoiser with the clip's o
 field, and writes the result with a sidecar of its settings.
 """
 
-import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from diffusers import AnimateDiffPipeline
 
 from magicme.errors import SettingError
-from magicme.identity.files import load_identity
 from magicme.io.locks import exclusive
 from magicme.io.sidecar import save_with_sidecar
 from magicme.io.video import check_video_path, fit_to_multiple_of_8, read_video
 from magicme.models.loading import shared_pipeline
 from magicme.registry import face_detector
 from magicme.settings import EditSettings, FaceSettings, ModelSettings, UpscaleSettings, VideoToVideoSettings
-from magicme.t2v.layout import Layout, read_layout
+from magicme.t2v.layout import read_layout
 from magicme.t2v.noise_prior import NoiseField
-from magicme.types import Box, Denoiser
+from magicme.types import Denoiser
 from magicme.v2v.denoiser import check_stage_settings, make_denoiser, noise_field_for
-from magicme.v2v.faces import owner_of, refine_faces
+from magicme.v2v.faces import refine_faces
+from magicme.v2v.identities import face_owners, identity_free, tile_denoisers
 from magicme.v2v.tiles import tiled_vcd, upscale_and_sharpen
 from magicme.v2v.windows import denoise_in_windows
-
-IDENTITY = "{identity}"  # in a Face VCD prompt with regions: each face's identity
 
 
 def load_denoiser(
@@ -69,42 +64,6 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 
 
-def identity_free(settings: FaceSettings) -> FaceSettings:
-    """The settings with `{identity}` in the prompt written as a bare class: what loads the denoiser
-    (and checks the prompt) before each face gets its own identity."""
-    if IDENTITY not in settings.prompt:
-        raise SettingError(
-            "prompt",
-            f"with regions, write {IDENTITY} where each face's identity goes, e.g. 'close up photo of {IDENTITY}'",
-        )
-    return dataclasses.replace(settings, prompt=settings.prompt.replace(IDENTITY, "person"))
-
-
-def face_owners(
-    model: ModelSettings, settings: FaceSettings, layout: Layout, shape: torch.Size
-) -> Callable[[list[Box]], Denoiser | None]:
-    """Each face's denoiser: that of the identity whose region it overlaps most, prompted with the
-    identity's <NAME> and class word; None for a face in no region."""
-    phrases = {}
-    for spec in model.identities:
-        identity = load_identity(spec)
-        phrases[identity.name.lower()] = f"{identity.placeholder.lower()} {identity.class_word or ''}".strip()
-    unknown = [region.name for region in layout.regions if region.name not in phrases]
-    if unknown:
-        raise SettingError(
-            "regions", f"<{unknown[0]}> has a region but no identity file loaded; add it with --identity"
-        )
-    frames, _, height, width = shape
-    masks = {region.name: region.masks(frames, height, width) for region in layout.regions}
-    pipe = shared_pipeline(model)
-    denoisers = {
-        name: make_denoiser(pipe, dataclasses.replace(settings, prompt=settings.prompt.replace(IDENTITY, phrase)))
-        for name, phrase in phrases.items()
-        if name in masks
-    }
-    return lambda boxes: denoisers.get(owner_of(boxes, masks))
-
-
 def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path, output: Path) -> Path:
     """Tiled VCD on the video at `source` (strength 0: upscale and sharpen only), written to `output`."""
     check_video_path(output)
@@ -113,8 +72,10 @@ def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path,
         if settings.strength == 0:  # upscale and sharpen only: no model loads
             refined = upscale_and_sharpen(frames, settings)
         else:
-            denoise, noise = load_denoiser(model, settings)
-            refined = tiled_vcd(frames, denoise, noise.draw, settings)
+            layout = read_layout(settings.layout, settings.regions)
+            denoise, noise = load_denoiser(model, settings if layout is None else identity_free(settings))
+            per_tile = None if layout is None else tile_denoisers(model, settings, layout, frames.shape)
+            refined = tiled_vcd(frames, denoise, noise.draw, settings, per_tile)
         sections = {"model": model, "upscale": settings}
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
 

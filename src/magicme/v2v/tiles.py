@@ -7,6 +7,7 @@ tile size, not the frame size.
 """
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ from PIL import Image
 from magicme.errors import SettingError
 from magicme.io.video import from_uint8, resize_frames, scaled_size, to_uint8
 from magicme.settings import UpscaleSettings
-from magicme.types import Denoiser, Frames, Latents, NoiseSource
-from magicme.v2v.batches import denoise_in_batches
+from magicme.types import Denoiser, Frames, Latents, NoiseSource, Place
+from magicme.v2v.batches import denoise_grouped
 from magicme.v2v.windows import axis_ramps, spread
 
 
@@ -54,7 +55,13 @@ def tile_weights(
 
 
 def denoise_tiled(
-    frames: Frames, denoise: Denoiser, noise: Latents, tile: int = 512, overlap: int = 64, batch: int = 1
+    frames: Frames,
+    denoise: Denoiser,
+    noise: Latents,
+    tile: int = 512,
+    overlap: int = 64,
+    batch: int = 1,
+    denoiser_for: Callable[[Place], Denoiser] | None = None,
 ) -> Frames:
     """Run `denoise` over overlapping video tiles, blended seamlessly.
 
@@ -66,6 +73,9 @@ def denoise_tiled(
         tile: each tile's share of the frame in pixels; `tile + overlap` must be a multiple of s.
         overlap: pixels each tile extends into its neighbours.
         batch: tiles per denoiser call.
+        denoiser_for: with several identities, a tile's denoiser from its place (x0, y0, x1, y1 as
+            fractions of the frame): its prompt names the identities the tile overlaps. By default
+            `denoise` for every tile.
 
     Returns:
         frames of the input's shape.
@@ -78,13 +88,22 @@ def denoise_tiled(
         for rows, columns, _ in tiles
     ]
     result = torch.zeros_like(frames)  # (F, 3, H, W)
-    denoised = denoise_in_batches(denoise, crops, noises, batch, "Tiled VCD tiles")
+    height, width = frames.shape[-2:]
+    places = [(c.start / width, r.start / height, c.stop / width, r.stop / height) for r, c, _ in tiles]
+    denoisers = [denoise if denoiser_for is None else denoiser_for(place) for place in places]
+    denoised = denoise_grouped(denoisers, crops, noises, batch, "Tiled VCD tiles")
     for (rows, columns, weight), tile_frames in zip(tiles, denoised, strict=True):
         result[..., rows, columns] += tile_frames * weight
     return result
 
 
-def tiled_vcd(frames: Frames, denoise: Denoiser, noise: NoiseSource, settings: UpscaleSettings) -> Frames:
+def tiled_vcd(
+    frames: Frames,
+    denoise: Denoiser,
+    noise: NoiseSource,
+    settings: UpscaleSettings,
+    denoiser_for: Callable[[Place], Denoiser] | None = None,
+) -> Frames:
     """Tiled VCD: upscale, denoise tile by tile with the clip's noise, sharpen.
 
     Args:
@@ -92,13 +111,15 @@ def tiled_vcd(frames: Frames, denoise: Denoiser, noise: NoiseSource, settings: U
         denoise: the stage's denoiser (`make_denoiser` with the upscale settings).
         noise: draws the clip's noise field (`NoiseField.draw`), once, at the upscaled size.
         settings: factor, upscaler, tile, overlap, tiles per denoiser call and sharpening.
+        denoiser_for: with several identities, each tile's denoiser from its place (see `denoise_tiled`).
 
     Returns:
         frames (F, 3, H', W'), H' and W' the upscaled sizes rounded to multiples of 8.
     """
     upscaled = upscale_frames(frames, settings.factor, settings.upscaler_model)
     field = noise(*upscaled.shape[:1], *upscaled.shape[-2:])
-    denoised = denoise_tiled(upscaled, denoise, field, settings.tile, settings.overlap, settings.crop_batch)
+    tiles = (settings.tile, settings.overlap, settings.crop_batch, denoiser_for)
+    denoised = denoise_tiled(upscaled, denoise, field, *tiles)
     return sharpen(denoised, settings.sharpen)
 
 
