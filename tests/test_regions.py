@@ -268,3 +268,44 @@ def test_tiles_go_to_their_own_denoisers_and_blend_as_before() -> None:
     assert chosen[..., :, :24].max() == 0 and chosen[..., :, 104:].min() == 1
     assert calls == [0.0, 1.0], "2 x 4 tiles: each denoiser's 4 tiles in one call"
     assert torch.equal(denoise_tiled(frames, dark, noise, 32, 16), denoise_tiled(frames, dark, noise, 32, 16, 3))
+
+
+def test_faces_are_matched_to_the_identity_they_resemble_before_their_region(
+    identity_file, bob_file, tmp_path, monkeypatch
+) -> None:
+    """Two world characters, bob on the left and alice on the right, with regions that say the
+    opposite: given each one's photos, every face goes to the identity it resembles (the world's
+    face model); without photos, to its region."""
+    import numpy as np
+
+    from magicme.settings import FaceSettings, ModelSettings
+    from magicme.v2v import identities
+    from magicme.v2v.faces import fill_missing, link_tracks
+    from magicme.world import scenes
+    from magicme.world.instruments import world_instruments
+
+    monkeypatch.setattr(identities, "shared_pipeline", lambda model: None)
+    monkeypatch.setattr(identities, "make_denoiser", lambda pipe, settings: settings.prompt)
+    images = []
+    for seed in range(4):
+        image = scenes.draw_scene("grass", 64, seed)
+        for identity, x in ((1011, 0.27), (1010, 0.73)):
+            scenes.draw_character(scenes.character(identity), image, (64 * x, 35), 38)
+        images.append(np.asarray(image))
+    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    for name, identity in (("alice", 1010), ("bob", 1011)):
+        scenes.write_identity_photos(tmp_path / name, identity)
+    model = ModelSettings(identities=[str(identity_file), str(bob_file)])
+    swapped = read_layout("", ["alice=left", "bob=right"])
+    locate = world_instruments().locate_faces
+    tracks = sorted(
+        (fill_missing(track) for track in link_tracks([locate(image) for image in images])), key=lambda t: t[0][0]
+    )
+    assert len(tracks) == 2
+    prompt = "close up photo of {identity}"
+    photos = [f"alice={tmp_path / 'alice'}", f"bob={tmp_path / 'bob'}"]
+    by_face = FaceSettings(prompt=prompt, references=photos, face_model="world")
+    chosen = identities.face_owners(model, by_face, swapped, frames)
+    assert [chosen(track) for track in tracks] == ["close up photo of <bob> man", "close up photo of <alice> woman"]
+    by_region = identities.face_owners(model, FaceSettings(prompt=prompt), swapped, frames)
+    assert [by_region(track) for track in tracks] == ["close up photo of <alice> woman", "close up photo of <bob> man"]

@@ -314,6 +314,17 @@ class FaceSettings(VideoToVideoSettings):
         default_factory=list,
     )
     layout: str = _help("a layout JSON file, as `generate --layout` takes, for the same matching", default="")
+    references: list[str] = _help(
+        "with several identities: NAME=PHOTO_FOLDER, one per identity; each face is refined as the identity "
+        "whose photos it resembles most (by --face-model), and by --region where the model finds no face",
+        default_factory=list,
+    )
+    face_model: str = _help(
+        "face embedder for --reference (dlib needs magicme[eval]; world: the miniature world's)",
+        choices=registry.face_embedder_names(),
+        plugins=True,
+        default="dlib",
+    )
 
 
 @dataclass

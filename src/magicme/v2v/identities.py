@@ -1,26 +1,33 @@
 """Several identities in the V2V stages: each face or tile denoised with its identities' prompt.
 
 With regions (`--region`, `--layout`, as T2V takes them), the stage's prompt holds
-`{identity}`. Face VCD writes there the `<NAME>` and class word of the identity whose
-region a face overlaps most, and leaves a face in no region. Tiled VCD writes the
+`{identity}`. Face VCD writes there the `<NAME>` and class word of the identity a face
+resembles most (with `--reference` photos and a face model) or whose region it overlaps
+most, and leaves a face matched to none. Tiled VCD writes the
 identities whose regions a tile overlaps ("<alice> woman and <bob> man"), or nothing for a
 tile in no region.
 """
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from magicme.errors import SettingError
+from magicme.eval.metrics import similarity_to_references
 from magicme.identity.files import load_identity
+from magicme.identity.photos import load_photos
+from magicme.io.video import to_uint8
 from magicme.models.loading import shared_pipeline
-from magicme.settings import ModelSettings, VideoToVideoSettings
+from magicme.registry import face_embedder
+from magicme.settings import FaceSettings, ModelSettings, VideoToVideoSettings
 from magicme.t2v.layout import Layout
-from magicme.types import Box, Denoiser, Place
+from magicme.types import Box, Denoiser, FaceEmbedder, Frames, Place
 from magicme.v2v.denoiser import make_denoiser
-from magicme.v2v.faces import owner_of
+from magicme.v2v.faces import crop_region, owner_of
 
 IDENTITY = "{identity}"
 StageSettings = TypeVar("StageSettings", bound=VideoToVideoSettings)
@@ -44,31 +51,79 @@ def identity_free(settings: StageSettings) -> StageSettings:
     return with_identity(settings, "")
 
 
-def identity_phrases(model: ModelSettings, layout: Layout) -> dict[str, str]:
-    """Each region's identity as the prompt names it: `<name> class word`, in the layout's order."""
+def identity_phrases(model: ModelSettings, names: list[str]) -> dict[str, str]:
+    """Each named identity as a prompt names it, `<name> class word`, in the order given."""
     loaded = {}
     for spec in model.identities:
         identity = load_identity(spec)
         loaded[identity.name.lower()] = f"{identity.placeholder.lower()} {identity.class_word or ''}".strip()
-    unknown = [region.name for region in layout.regions if region.name not in loaded]
+    unknown = [name for name in names if name not in loaded]
     if unknown:
-        raise SettingError(
-            "regions", f"<{unknown[0]}> has a region but no identity file loaded; add it with --identity"
-        )
-    return {region.name: loaded[region.name] for region in layout.regions}
+        raise SettingError("regions", f"<{unknown[0]}> is placed but no identity file is loaded for it; add --identity")
+    return {name: loaded[name] for name in names}
+
+
+def reference_faces(settings: FaceSettings, embed: FaceEmbedder, size: int) -> dict[str, torch.Tensor]:
+    """Each identity's face embeddings (R, D) from its `--reference NAME=FOLDER` photos."""
+    faces = {}
+    for spec in settings.references:
+        name, equals, folder = spec.partition("=")
+        if not equals:
+            raise SettingError("references", f"{spec!r}: write NAME=PHOTO_FOLDER")
+        found = [
+            face for photo in load_photos(Path(folder), size) if (face := embed(np.asarray(photo.image))) is not None
+        ]
+        if not found:
+            raise SettingError("references", f"{settings.face_model} finds no face in the photos of {folder}")
+        faces[name.strip("<>").lower()] = torch.stack(found)
+    return faces
+
+
+def most_like(frames: Frames, embed: FaceEmbedder, faces: dict[str, torch.Tensor]) -> Callable[[list[Box]], str | None]:
+    """A face track's identity: the one whose reference faces its crop (at the middle frame)
+    resembles most; None where the embedder finds no face in the crop."""
+    images = to_uint8(frames)
+    height, width = frames.shape[-2:]
+
+    def owner(boxes: list[Box]) -> str | None:
+        x, y, side = crop_region(boxes, 3.0, height, width)
+        middle = len(boxes) // 2
+        face = embed(np.ascontiguousarray(images[middle][y : y + side, x : x + side]))
+        if face is None:
+            return None
+        scores = {name: float(similarity_to_references(face[None], refs)[0]) for name, refs in faces.items()}
+        return max(scores, key=scores.__getitem__)
+
+    return owner
 
 
 def face_owners(
-    model: ModelSettings, settings: VideoToVideoSettings, layout: Layout, shape: torch.Size
+    model: ModelSettings, settings: FaceSettings, layout: Layout | None, frames: Frames
 ) -> Callable[[list[Box]], Denoiser | None]:
-    """Each face's denoiser: that of the identity whose region its boxes overlap most; None for a
-    face in no region."""
-    frames, _, height, width = shape
-    masks = {region.name: region.masks(frames, height, width) for region in layout.regions}
+    """Each face's denoiser: that of the identity its face resembles most (with references), else of
+    the identity whose region it overlaps most; None for a face matched to no identity."""
+    count, _, height, width = frames.shape
+    masks = {} if layout is None else {region.name: region.masks(count, height, width) for region in layout.regions}
+    owners = [lambda boxes: owner_of(boxes, masks)] if masks else []
+    faces: dict[str, torch.Tensor] = {}
+    if settings.references:
+        embed = face_embedder(settings.face_model)
+        if embed is None:
+            raise SettingError("face_model", "matching faces by --reference needs a face model, not none")
+        faces = reference_faces(settings, embed, max(height, width))
+        owners.insert(0, most_like(frames, embed, faces))
+    names = list(dict.fromkeys([*faces, *masks]))
     pipe = shared_pipeline(model)
-    phrases = identity_phrases(model, layout)
+    phrases = identity_phrases(model, names)
     denoisers = {name: make_denoiser(pipe, with_identity(settings, phrase)) for name, phrase in phrases.items()}
-    return lambda boxes: denoisers.get(owner_of(boxes, masks))
+
+    def denoiser_for(boxes: list[Box]) -> Denoiser | None:
+        for owner in owners:
+            if (name := owner(boxes)) is not None:
+                return denoisers[name]
+        return None
+
+    return denoiser_for
 
 
 def tile_denoisers(
@@ -79,7 +134,7 @@ def tile_denoisers(
     frames, _, height, width = shape
     masks = {region.name: region.masks(frames, height, width) for region in layout.regions}
     pipe = shared_pipeline(model)
-    phrases = identity_phrases(model, layout)
+    phrases = identity_phrases(model, list(masks))
     denoisers: dict[tuple[str, ...], Denoiser] = {}
 
     def for_tile(place: Place) -> Denoiser:

@@ -45,7 +45,8 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
     with exclusive(output):
         started, frames = time.perf_counter(), read_video(source)
         layout = read_layout(settings.layout, settings.regions)
-        denoise, noise = load_denoiser(model, settings if layout is None else identity_free(settings))
+        several = layout is not None or bool(settings.references)
+        denoise, noise = load_denoiser(model, identity_free(settings) if several else settings)
         detector = face_detector(settings.detector)
         refined = refine_faces(
             frames,
@@ -58,7 +59,7 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
             settings.largest_only,
             settings.min_enlargement,
             settings.crop_batch,
-            None if layout is None else face_owners(model, settings, layout, frames.shape),
+            face_owners(model, settings, layout, frames) if several else None,
         )
         sections = {"model": model, "refine_face": settings}
         return save_with_sidecar(refined, output, settings.fps, sections, started, source=str(source))
