@@ -37,7 +37,7 @@ from magicme.world.accuracy import lineup_place
 from magicme.world.demo import new_scene
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE, choosing_split
+from magicme.world.recipe import RECIPE, WorldRecipe, choosing_split
 
 HERE = Path(__file__).resolve().parent
 FACE_STRENGTHS = (0.4, 0.6)
@@ -55,35 +55,37 @@ def measurement(frames: torch.Tensor, identity: int, scene: str) -> dict[str, fl
     }
 
 
-def measure_identity(identity: int, work: Path, training_steps: int) -> dict[str, dict[str, float]]:
+def measure_identity(
+    recipe: WorldRecipe, identity: int, work: Path, training_steps: int
+) -> dict[str, dict[str, float]]:
     """Every setting's measurement for one held-out identity, learned and filmed the demo's way."""
     photos = work / f"photos-{identity}"
     scene = new_scene({shot.scene for shot in scenes.write_identity_photos(photos, identity)})
     base, motion = world_model_paths()
-    identity_file = learn(identity, photos, RECIPE.num_tokens, RECIPE.masks, work / str(identity), training_steps)
+    identity_file = learn(identity, photos, recipe.num_tokens, recipe.masks, work / str(identity), training_steps)
     pipe = load_pipeline(
         ModelSettings(base_model=str(base), motion_adapter=str(motion), identities=[str(identity_file)])
     )
     rows, clips = {}, {}
     for distance in ("medium", "close"):
-        frames = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, distance)))
+        frames = generate(pipe, recipe.generation(recipe.prompt(scene, distance)))
         rows[f"T2V framing | {distance}"] = measurement(frames, identity, scene)
         for strength in FACE_STRENGTHS:
-            face = RECIPE.face(strength=strength)
+            face = recipe.face(strength=strength)
             detector, noise = face_detector(face.detector), noise_field_for(pipe, face).draw
             refined = refine_faces(frames, make_denoiser(pipe, face), noise, detector, guide_size=face.guide_size)
             clips[distance, strength] = refined
             rows[f"Face VCD strength ({distance}) | {strength}"] = measurement(refined, identity, scene)
-    chosen = clips["close", RECIPE.face_strength]
+    chosen = clips["close", recipe.face_strength]
     rows["2x upscale (close, after Face VCD) | Lanczos only"] = measurement(
         upscale_frames(chosen, 2.0), identity, scene
     )
     for strength in TILE_STRENGTHS:
         for named, text in {
-            "person": RECIPE.portrait,
-            "person and scene": f"{RECIPE.portrait} {scenes.where(scene)}",
+            "person": recipe.portrait,
+            "person and scene": f"{recipe.portrait} {scenes.where(scene)}",
         }.items():
-            upscale = RECIPE.upscale(prompt=text, strength=strength)
+            upscale = recipe.upscale(prompt=text, strength=strength)
             tiled = tiled_vcd(chosen, make_denoiser(pipe, upscale), noise_field_for(pipe, upscale).draw, upscale)
             row = f"2x upscale (close, after Face VCD) | Tiled VCD {strength}, prompt names the {named}"
             rows[row] = measurement(tiled, identity, scene)
@@ -108,18 +110,19 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
 
 
 def main() -> None:
-    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=8, help="held-out identities to learn")
     parser.add_argument("--training-steps", type=int, default=RECIPE.training_steps, help="ID module steps")
     parser.add_argument("--output", type=Path, default=HERE / "results-world-demo-chain.json")
     add_steps_option(parser)
     args = parser.parse_args()
-    RECIPE = recipe_with_steps(args)
+    recipe = recipe_with_steps(args)  # every clip samples with it: `--inference-steps` changes them all
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         identities = choosing_split(args.identities)
-        results = {identity: measure_identity(identity, Path(work), args.training_steps) for identity in identities}
+        results = {
+            identity: measure_identity(recipe, identity, Path(work), args.training_steps) for identity in identities
+        }
     minutes = write_record(args.output, started, identities=results)
     print(table(results))
     print(f"\n{args.identities} identities, one clip each per setting; {minutes:.1f} min")

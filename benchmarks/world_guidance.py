@@ -29,13 +29,13 @@ from magicme.world import scenes
 from magicme.world.accuracy import lineup_place, photo_embeddings
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE, choosing_split
+from magicme.world.recipe import WorldRecipe, choosing_split
 
 HERE = Path(__file__).resolve().parent
 SCALES = (2.0, 3.0, 5.0, 7.5)
 
 
-def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> dict[str, float]:
+def measure(recipe: WorldRecipe, pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> dict[str, float]:
     """Mean identity similarity, face-found share and lineup rank over the identities' clips at `scale`."""
     instruments, similarities, found, ranks = world_instruments(), [], [], []
     for identity in identities:
@@ -43,7 +43,7 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
         references = photo_embeddings(instruments, identity)
         for distance in ("medium", "close"):
             text = scenes.caption(who, scene, distance)
-            video = RECIPE.generation(text, guidance_scale=scale)
+            video = recipe.generation(text, guidance_scale=scale)
             frames = to_uint8(generate(pipe, video))
             faces = instruments.embed_faces(frames)
             found.append(0 if faces is None else len(faces) / len(frames))
@@ -58,19 +58,18 @@ def measure(pipe: AnimateDiffPipeline, scale: float, identities: list[int]) -> d
 
 
 def main() -> None:
-    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=6, help="held-out identities to prompt")
     parser.add_argument("--scales", type=float, nargs="+", default=SCALES, help="guidance scales to compare")
     parser.add_argument("--output", type=Path, default=HERE / "results-world-guidance.json")
     add_steps_option(parser)
     args = parser.parse_args()
-    RECIPE = recipe_with_steps(args)
+    recipe = recipe_with_steps(args)  # every clip samples with it: `--inference-steps` changes them all
     started = time.perf_counter()
     identities = choosing_split(args.identities)
     base, motion = world_model_paths()
     pipe = load_pipeline(ModelSettings(base_model=str(base), motion_adapter=str(motion)))
-    results = {str(scale): measure(pipe, scale, identities) for scale in args.scales}
+    results = {str(scale): measure(recipe, pipe, scale, identities) for scale in args.scales}
     minutes = write_record(args.output, started, scales=results)
     print("| guidance | identity similarity | face found | lineup rank (of 40) |\n|---|---|---|---|")
     for scale, result in results.items():

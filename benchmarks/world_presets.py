@@ -35,20 +35,20 @@ from magicme.world import scenes
 from magicme.world.accuracy import lineup_place, photo_embeddings
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE, reporting_split
+from magicme.world.recipe import RECIPE, WorldRecipe, reporting_split
 
 HERE = Path(__file__).resolve().parent
 SAMPLERS = ("recipe (DDIM, 25 steps, guidance 7.5)", "lightning-4", "lightning-8", "lcm")
 STOCK = "stock diffusers (DDIM, 25 steps, guidance 7.5)"
 
 
-def learn(identity: int, work: Path, steps: int) -> tuple[Path, str]:
+def learn(recipe: WorldRecipe, identity: int, work: Path, steps: int) -> tuple[Path, str]:
     """The identity learned the demo's way; returns its file and a scene none of its photos shows."""
     photos = work / f"photos-{identity}"
     shots = scenes.write_identity_photos(photos, identity)
-    train_identity(RECIPE.training(photos, steps=steps, output_dir=str(work / str(identity)), checkpoint_every=1000))
+    train_identity(recipe.training(photos, steps=steps, output_dir=str(work / str(identity)), checkpoint_every=1000))
     scene = next(scene for scene in scenes.SCENES if scene not in {shot.scene for shot in shots})
-    return work / str(identity) / f"{RECIPE.name}.safetensors", scene
+    return work / str(identity) / f"{recipe.name}.safetensors", scene
 
 
 def timed(render: Callable, *args: object, **kwargs: object) -> tuple[Any, float]:
@@ -57,14 +57,16 @@ def timed(render: Callable, *args: object, **kwargs: object) -> tuple[Any, float
     return result, time.perf_counter() - started
 
 
-def measure_identity(identity: int, seeds: int, work: Path, steps: int, cells: dict[str, dict[str, list]]) -> None:
-    identity_file, scene = learn(identity, work, steps)
+def measure_identity(
+    recipe: WorldRecipe, identity: int, seeds: int, work: Path, steps: int, cells: dict[str, dict[str, list]]
+) -> None:
+    identity_file, scene = learn(recipe, identity, work, steps)
     base, motion = world_model_paths()
     pipe = load_pipeline(ModelSettings(str(base), str(motion), identities=[str(identity_file)], device="cpu"))
     stock_scheduler, instruments = pipe.scheduler, world_instruments()  # the scheduler the model ships with
     references = photo_embeddings(instruments, identity)
     for seed in range(seeds):
-        recipe = RECIPE.generation(RECIPE.prompt(scene), seed)
+        recipe = recipe.generation(recipe.prompt(scene), seed)
         stock = {"prompt": recipe.prompt, "num_frames": recipe.num_frames, "height": recipe.height}
         stock |= {"width": recipe.width, "num_inference_steps": recipe.num_inference_steps}
         stock |= {"guidance_scale": recipe.guidance_scale, "output_type": "pt"}
@@ -100,7 +102,6 @@ def table(cells: dict[str, dict[str, list]]) -> str:
 
 
 def main() -> None:
-    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identities", type=int, default=3, help="identities of the report split to learn")
     parser.add_argument("--seeds", type=int, default=2, help="clips per identity and sampler")
@@ -108,12 +109,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=HERE / "results-world-presets.json")
     add_steps_option(parser)
     args = parser.parse_args()
-    RECIPE = recipe_with_steps(args)
+    recipe = recipe_with_steps(args)  # every clip samples with it: `--inference-steps` changes them all
     started = time.perf_counter()
     cells = {name: {"seconds": [], "found": [], "identity": [], "rank": []} for name in (STOCK, *SAMPLERS)}
     with tempfile.TemporaryDirectory() as work:
         for identity in reporting_split(args.identities):
-            measure_identity(identity, args.seeds, Path(work), args.training_steps, cells)
+            measure_identity(recipe, identity, args.seeds, Path(work), args.training_steps, cells)
     minutes = write_record(args.output, started, samplers=cells)
     print(table(cells))
     print(f"\n{args.identities} identities x {args.seeds} seeds; {minutes:.1f} min")

@@ -43,7 +43,7 @@ from magicme.world.accuracy import lineup_place
 from magicme.world.demo import new_scene
 from magicme.world.instruments import world_instruments
 from magicme.world.model import world_model_paths
-from magicme.world.recipe import RECIPE, choosing_split, reporting_split
+from magicme.world.recipe import RECIPE, WorldRecipe, choosing_split, reporting_split
 
 HERE = Path(__file__).resolve().parent
 BASELINES = {"Face VCD": "T2V VCD", "Face VCD, every face": "T2V VCD", "Tiled VCD 2x": "Lanczos 2x"}
@@ -57,7 +57,7 @@ def score(frames: torch.Tensor, identity: int, references: torch.Tensor) -> dict
 
 
 def measure_identity(
-    identity: int, seeds: list[int], work: Path, training_steps: int = RECIPE.training_steps
+    recipe: WorldRecipe, identity: int, seeds: list[int], work: Path, training_steps: int
 ) -> dict[str, list[dict[str, float]]]:
     """Every stage's score for each (framing, seed) clip of one identity."""
     photos = work / f"photos-{identity}"
@@ -65,14 +65,14 @@ def measure_identity(
     references = world_instruments().embed_faces(np.asarray(shot.image) for shot in shots)
     scene = new_scene({shot.scene for shot in shots})
     base, motion = world_model_paths()
-    identity_file = learn(identity, photos, RECIPE.num_tokens, RECIPE.masks, work / str(identity), training_steps)
+    identity_file = learn(identity, photos, recipe.num_tokens, recipe.masks, work / str(identity), training_steps)
     pipe = load_pipeline(ModelSettings(str(base), str(motion), identities=[str(identity_file)]))
     detector, rows = face_detector("world"), defaultdict(list)
     for seed in seeds:
         after_face = {}
         for framing in ("close", "medium"):
-            frames = generate(pipe, RECIPE.generation(RECIPE.prompt(scene, framing), seed))
-            face = RECIPE.face(seed)
+            frames = generate(pipe, recipe.generation(recipe.prompt(scene, framing), seed))
+            face = recipe.face(seed)
             variants = {"Face VCD": face.min_enlargement, "Face VCD, every face": 1.0}
             refined = {}
             for row, min_enlargement in variants.items():
@@ -84,7 +84,7 @@ def measure_identity(
                 rows[f"{framing} | {row}"].append(score(shown, identity, references))
             after_face[framing] = refined["Face VCD"]
         chosen = after_face["close"]  # the close-up clip after the recipe's Face VCD, as in the demo
-        upscale = RECIPE.upscale(seed, strength=RECIPE.tile_strength or 0.1)
+        upscale = recipe.upscale(seed, strength=recipe.tile_strength or 0.1)
         lanczos = upscale_and_sharpen(chosen, upscale)
         tiled = tiled_vcd(chosen, make_denoiser(pipe, upscale), noise_field_for(pipe, upscale).draw, upscale)
         rows["close | Lanczos 2x"].append(score(lanczos, identity, references))
@@ -133,7 +133,6 @@ def earlier_results(output: Path, split: str, recipe: dict) -> tuple[dict[int, d
 
 
 def main() -> None:
-    global RECIPE  # every clip samples with the recipe: `--inference-steps` changes its steps in one place
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=("report", "choose"), default="report")
     parser.add_argument("--identities", type=int, help="the split's first N identities (default: all of it)")
@@ -143,23 +142,25 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the identities the output already holds")
     add_steps_option(parser)
     args = parser.parse_args()
-    RECIPE = recipe_with_steps(args)
+    recipe = recipe_with_steps(args)  # every clip samples with it: `--inference-steps` changes them all
     split = {"report": (reporting_split, scenes.REPORT_SPLIT), "choose": (choosing_split, scenes.CHOOSE_SPLIT)}
     pick, whole = split[args.split]
     identities = pick(args.identities or len(whole))
     output = args.output or HERE / f"results-world-refinement-{args.split}.json"
-    recipe = json.loads(json.dumps(dataclasses.asdict(RECIPE)))  # as the results file holds it
-    results, earlier_minutes = earlier_results(output, args.split, recipe) if args.resume else ({}, 0.0)
+    recorded = json.loads(json.dumps(dataclasses.asdict(recipe)))  # as the results file holds it
+    results, earlier_minutes = earlier_results(output, args.split, recorded) if args.resume else ({}, 0.0)
     started = time.perf_counter() - 60 * earlier_minutes
     with tempfile.TemporaryDirectory() as work:
         for identity in identities:
             if identity in results:
                 continue
-            results[identity] = measure_identity(identity, list(range(args.seeds)), Path(work), args.training_steps)
-            minutes = write_record(output, started, split=args.split, recipe=recipe, identities=results)
+            results[identity] = measure_identity(
+                recipe, identity, list(range(args.seeds)), Path(work), args.training_steps
+            )
+            minutes = write_record(output, started, split=args.split, recipe=recorded, identities=results)
             print(f"identity {identity} done ({minutes:.1f} min)", flush=True)
     results = {identity: results[identity] for identity in identities}
-    minutes = write_record(output, started, split=args.split, recipe=recipe, identities=results)
+    minutes = write_record(output, started, split=args.split, recipe=recorded, identities=results)
     print(tables(results))
     print(f"\n{len(identities)} identities of the {args.split} split x {args.seeds} seeds; {minutes:.1f} min")
 

@@ -103,3 +103,13 @@ def test_presets_benchmark_times_each_sampler_against_stock_diffusers(tmp_path: 
     assert len(samplers) == 5 and all(len(cell["seconds"]) == 1 for cell in samplers.values())
     for name, cell in list(samplers.items())[1:]:
         assert 1 <= cell["rank"][0] <= 40 and 0 <= cell["found"][0] <= 1, name
+
+
+def test_regions_benchmark_times_binding_against_the_shared_prompt_and_stock(tmp_path: Path) -> None:
+    output = tmp_path / "regions.json"
+    command = [sys.executable, str(BENCHMARKS / "regions.py"), "--size", "tiny", "--output", str(output)]
+    subprocess.run(command, check=True, capture_output=True)
+    results = json.loads(output.read_text())
+    assert set(results["variants"]) == {"stock diffusers", "shared prompt", "bound to regions"}
+    assert all(variant["seconds"] > 0 for variant in results["variants"].values())
+    assert results["bound_per_step_ratio_to_shared"] > 0
