@@ -45,3 +45,16 @@ def test_the_lineup_picks_out_an_identity_from_its_own_clips_and_needs_a_face() 
     nobody = world_instruments().embed_faces(np.stack([np.asarray(scenes.draw_scene("sky", 64, seed=0))] * 2))
     assert lineup_rank(nobody, 1004) is None
     assert lineup_place(nobody, 1004) == len(HELD_OUT)  # the benchmarks' tables place a clip without a face last
+
+
+def test_the_face_locator_finds_every_face_of_a_group() -> None:
+    """Groups of two and three report identities in every scene: one box per character, each on its face."""
+    locate = world_instruments().locate_faces
+    for count in (2, 3):
+        for index, scene in enumerate(scenes.SCENES):
+            people = [scenes.character(scenes.REPORT_SPLIT[(3 * index + k) % 30]) for k in range(count)]
+            group = scenes.render_group(people, scene, seed=index)
+            found = locate(np.asarray(group.image))
+            assert len(found) == count, (count, scene, found)
+            for fx, fy, fw, fh in group.faces:
+                assert any(fx <= x + w / 2 <= fx + fw and fy <= y + h / 2 <= fy + fh for x, y, w, h in found)

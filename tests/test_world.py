@@ -71,3 +71,22 @@ def test_training_captions_vary_the_wording_but_name_only_the_characters_traits(
         for value, noun in re.findall(r"(\w+) (skin|face|hair|eye)(?:ned|ed|d|s)?\b", text):
             assert value == trait_of[noun], text
     assert captions == [caption(who, "city", "close", random.Random(seed)) for seed in range(200)], "deterministic"
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_group_stands_left_to_right_with_a_mask_and_face_box_each_and_a_caption_naming_each(count: int) -> None:
+    from magicme.world.scenes import REPORT_SPLIT, render_group
+
+    people = [character(identity) for identity in REPORT_SPLIT[:count]]
+    group = render_group(people, "grass", seed=1)
+    assert len(group.masks) == len(group.faces) == count
+    for index, ((x, y, w, h), mask) in enumerate(zip(group.faces, group.masks, strict=True)):
+        strip = (64 * index / count, 64 * (index + 1) / count)
+        assert strip[0] <= x + w / 2 < strip[1], "each face in its own strip, left to right"
+        assert mask[y + h // 2, x + w // 2], "the face centre is the character's"
+    for first, second in itertools.combinations(group.masks, 2):
+        assert not (first & second).any(), "no pixel belongs to two characters"
+    described = [group.caption.index(who.description) for who in people]
+    assert described == sorted(described) and group.caption.endswith("on the grass"), "named left to right"
+    with pytest.raises(ValueError, match="two or three"):
+        render_group(people[:1], "grass")

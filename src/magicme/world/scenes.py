@@ -203,6 +203,33 @@ def render(
     return Render(image, mask, face, scene)
 
 
+@dataclass
+class GroupRender:
+    """A still of several characters: each one's mask (what of it is visible) and face box, left to right."""
+
+    image: Image.Image  # RGB
+    masks: list[np.ndarray]  # (H, W) bool per character
+    faces: list[tuple[int, int, int, int]]  # x, y, width, height per character
+    scene: str
+    caption: str  # names each character, left to right
+
+
+def render_group(people: list[Character], scene: str, size: int = 64, scale: float = 0.6, seed: int = 0) -> GroupRender:
+    """Two or three characters side by side, each centred in its own equal upright strip in the
+    order given (magicme's automatic layout for as many identities); the caption names each,
+    left to right: "a photo of a person with ... and a person with ... on the grass"."""
+    if not 2 <= len(people) <= 3:
+        raise ValueError(f"a group is two or three characters, got {len(people)}")
+    image = draw_scene(scene, size, seed)
+    masks, faces = [], []
+    for index, who in enumerate(people):
+        mask, face = draw_character(who, image, (size * (index + 0.5) / len(people), size * 0.55), size * scale)
+        masks = [earlier & ~mask for earlier in masks] + [mask]  # a later character hides what it covers
+        faces.append(face)
+    names = " and ".join(who.description for who in people)
+    return GroupRender(image, masks, faces, scene, f"{DISTANCES['medium'][0]} {names} {where(scene)}")
+
+
 def photo_plan(identity: int, count: int = 5, scene: str | None = None) -> list[tuple[str, str, tuple[float, float]]]:
     """Where, how far and how off-centre each of an identity's photos is taken: (scene, distance, offset)."""
     pick = random.Random(identity)
