@@ -112,7 +112,7 @@ class Queue:
         while True:
             progressed, blocked = self.fail_orphans(), False
             for job in self.manifest.jobs:
-                if self.done(job) or self.failure(job) is not None:
+                if self.settled(job):
                     continue
                 if not self.ready(job):
                     blocked = True  # another worker may be finishing what it needs
@@ -149,13 +149,17 @@ class Queue:
         """Mark the jobs whose needs failed as failed too; whether there were any."""
         orphans = False
         for job in self.manifest.jobs:
-            if self.done(job) or self.failure(job) is not None:
+            if self.settled(job):
                 continue
             failed_needs = [need for need in job.needs if self.failure(self.by_name[need]) is not None]
             if failed_needs:
                 self.fail(job, f"needs {', '.join(failed_needs)}, which failed")
                 orphans = True
         return orphans
+
+    def settled(self, job: Job) -> bool:
+        """Done, or failed in this run: nothing for a worker to do."""
+        return self.done(job) or self.failure(job) is not None
 
     def ready(self, job: Job) -> bool:
         return all(self.done(self.by_name[need]) for need in job.needs)
@@ -168,7 +172,7 @@ class Queue:
         for other in self.manifest.jobs:
             if len(partners) + 1 >= self.manifest.train_together:
                 break
-            taken = self.done(other) or self.failure(other) is not None or not self.ready(other)
+            taken = self.settled(other) or not self.ready(other)
             if other is job or "training" not in other.chain or taken:
                 continue
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from magicme.batch.manifest import expand
-from magicme.batch.queue import POLL_SECONDS, BusyError, Queue
+from magicme.batch.queue import POLL_SECONDS, BusyError, JobState, Queue
 from magicme.settings import read_config_file
 
 log = logging.getLogger("magicme")
@@ -53,9 +53,8 @@ def run_in_worker(manifest_path: str, names: list[str], started: float, folder: 
     return "ran"
 
 
-def ready_groups(queue: Queue, submitted: set[str]) -> list[list[str]]:
+def ready_groups(queue: Queue, states: dict[str, JobState], submitted: set[str]) -> list[list[str]]:
     """The jobs to submit now, as task-sized groups: ready, not held by a worker, not yet submitted."""
-    states = queue.states()
     ready = [job for job in queue.manifest.jobs if states[job.name].state == "left" and job.name not in submitted]
     training = [job.name for job in ready if "training" in job.chain]
     size = queue.manifest.train_together
@@ -75,8 +74,11 @@ def connect(settings: RaySettings) -> Any:
     return ray
 
 
-def run_on_ray(queue: Queue, manifest_path: Path, settings: RaySettings, on_change: Callable[[], Any]) -> None:
-    """Run every job of the queue as Ray tasks, in the order their needs allow, until none is left."""
+def run_on_ray(
+    queue: Queue, manifest_path: Path, settings: RaySettings, on_change: Callable[[dict[str, JobState]], Any]
+) -> None:
+    """Run every job of the queue as Ray tasks, in the order their needs allow, until none is left;
+    `on_change` gets each poll's job states."""
     ray = connect(settings)
     try:
         gpus = settings.gpus_per_job
@@ -91,15 +93,16 @@ def run_on_ray(queue: Queue, manifest_path: Path, settings: RaySettings, on_chan
         running: dict[Any, list[str]] = {}
         while True:
             queue.fail_orphans()
+            states = queue.states()  # read once a poll: the summary shows them too
             submitted = {name for group in running.values() for name in group}
-            for group in ready_groups(queue, submitted):
+            for group in ready_groups(queue, states, submitted):
                 running[task.remote(str(manifest_path.resolve()), group, queue.started, os.getcwd())] = group
             if not running:
                 return
             finished, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
             for ref in finished:
                 _collect(ray, ref, running.pop(ref), queue, settings.retries)
-            on_change()
+            on_change(states)
     finally:
         ray.shutdown()
 

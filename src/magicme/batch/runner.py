@@ -66,8 +66,9 @@ class Progress:
         self.queue = queue
         self.bar = tqdm(total=len(queue.manifest.jobs), desc="batch", unit="job")
 
-    def update(self) -> dict[str, Any]:
-        return self._show(self.queue.states())
+    def update(self, states: dict[str, JobState] | None = None) -> dict[str, Any]:
+        """Show `states` (default: read them now)."""
+        return self._show(self.queue.states() if states is None else states)
 
     def close(self) -> dict[str, Any]:
         states = self.queue.states()

@@ -128,9 +128,9 @@ def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout
             where[slice(*spans[region.name])] = True
         positions.append(where)
     latent = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
-    check_layout(layout, identities_named(settings.prompt), settings.num_frames, *latent)
-    masks = [region.masks(settings.num_frames, *latent) for region in layout.regions]
-    return prompt, Binding(positions, masks, guided=settings.guidance_scale > 1)
+    masks = layout.masks(settings.num_frames, *latent)
+    check_layout(layout, identities_named(settings.prompt), masks)
+    return prompt, Binding(positions, list(masks.values()), guided=settings.guidance_scale > 1)
 
 
 def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:

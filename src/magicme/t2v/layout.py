@@ -97,6 +97,10 @@ class Layout:
     def record(self) -> dict[str, Any]:
         return {region.name: region.record() for region in self.regions} | {"max_overlap": self.max_overlap}
 
+    def masks(self, frames: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Each identity's region, (frames, height, width) booleans, in the layout's order."""
+        return {region.name: region.masks(frames, height, width) for region in self.regions}
+
 
 def parse_box(values: Any, where: str) -> Place:
     """Four fractions x0, y0, x1, y1 inside the frame, with x0 < x1 and y0 < y1."""
@@ -207,9 +211,9 @@ def automatic_layout(names: list[str]) -> Layout:
     return Layout(tuple(Region(name, {0: (i / count, 0.0, (i + 1) / count, 1.0)}) for i, name in enumerate(names)))
 
 
-def check_layout(layout: Layout, named: list[str], frames: int, height: int, width: int) -> None:
+def check_layout(layout: Layout, named: list[str], masks: dict[str, torch.Tensor]) -> None:
     """Every identity the prompt names has a region, every region an identity, and no two regions
-    share more than `max_overlap` of the smaller one, at the latent size `height` x `width`."""
+    share more than `max_overlap` of the smaller one (`masks`: the layout's at the latent size)."""
     have = {region.name for region in layout.regions}
     missing = [name for name in named if name not in have]
     if missing:
@@ -218,7 +222,6 @@ def check_layout(layout: Layout, named: list[str], frames: int, height: int, wid
             f"the prompt names <{missing[0]}> but the layout gives it no region, while it gives "
             f"{', '.join(f'<{name}>' for name in sorted(have))} one; give every identity a region",
         )
-    masks = {region.name: region.masks(frames, height, width) for region in layout.regions}
     for region in layout.regions:
         if region.name not in named and region.name.lower() not in region.prompt.lower():
             raise SettingError(
@@ -227,17 +230,15 @@ def check_layout(layout: Layout, named: list[str], frames: int, height: int, wid
             )
         if not masks[region.name].any():
             raise SettingError("regions", f"<{region.name}>'s region is smaller than one latent pixel; make it larger")
-    names = list(masks)
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            shared = (masks[first] & masks[second]).sum().item()
-            smaller = min(masks[first].sum().item(), masks[second].sum().item())
-            if shared > layout.max_overlap * smaller:
-                raise SettingError(
-                    "regions",
-                    f"the regions of <{first}> and <{second}> share {shared / smaller:.0%} of the smaller one, over "
-                    f"the limit of {layout.max_overlap:.0%}: move them apart, or raise max_overlap in the layout file",
-                )
+    for first, second in itertools.combinations(masks, 2):
+        shared = (masks[first] & masks[second]).sum().item()
+        smaller = min(masks[first].sum().item(), masks[second].sum().item())
+        if shared > layout.max_overlap * smaller:
+            raise SettingError(
+                "regions",
+                f"the regions of <{first}> and <{second}> share {shared / smaller:.0%} of the smaller one, over "
+                f"the limit of {layout.max_overlap:.0%}: move them apart, or raise max_overlap in the layout file",
+            )
 
 
 def identities_named(prompt: str) -> list[str]:

@@ -103,7 +103,7 @@ def face_owners(
     """Each face's denoiser: that of the identity its face resembles most (with references), else of
     the identity whose region it overlaps most; None for a face matched to no identity."""
     count, _, height, width = frames.shape
-    masks = {} if layout is None else {region.name: region.masks(count, height, width) for region in layout.regions}
+    masks = {} if layout is None else layout.masks(count, height, width)
     owners = [lambda boxes: owner_of(boxes, masks)] if masks else []
     faces: dict[str, torch.Tensor] = {}
     if settings.references:
@@ -132,7 +132,7 @@ def tile_denoisers(
     """Each tile's denoiser, from its place in the frame: its prompt names the identities whose
     regions the tile overlaps in any frame (one denoiser per set of identities)."""
     frames, _, height, width = shape
-    masks = {region.name: region.masks(frames, height, width) for region in layout.regions}
+    masks = layout.masks(frames, height, width)
     pipe = shared_pipeline(model)
     phrases = identity_phrases(model, list(masks))
     denoisers: dict[tuple[str, ...], Denoiser] = {}
