@@ -27,6 +27,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from run import SIZES, build_components, peak_memory_gb, progress, synchronize  # benchmarks/run.py
 
 from magicme.models.loading import CONFIGS, load_pipeline
+from magicme.models.presets import PRESETS, with_preset
 from magicme.settings import GenerationSettings, ModelSettings
 from magicme.t2v.generate import generate
 
@@ -39,6 +40,10 @@ FLAGS = {  # what `magicme generate` is given -> the ModelSettings it sets
     "--compile-unet": {"compile_unet": True},
 }
 GPU_FLAGS = {"--dtype fp32": {"dtype": "fp32"}, "--cpu-offload": {"cpu_offload": True}}
+# A preset's sampler, steps and guidance on the same random weights: Lightning's and AnimateLCM's
+# motion modules have AnimateDiff v2's layout, so they cost what these do (AnimateLCM's LoRA is not
+# applied here).
+PRESET_FLAGS = {f"--preset {name}": {} for name in PRESETS}
 FRAMES = 16
 
 
@@ -57,8 +62,8 @@ def save_random_model(folder: Path, size_name: str) -> tuple[Path, Path]:
     return folder / "base", folder / "motion_adapter"
 
 
-def measure(base: Path, motion: Path, flags: dict, size_name: str) -> dict:
-    """Load with `flags`, render the clip twice; times and this process's peak memory."""
+def measure(base: Path, motion: Path, flags: dict, size_name: str, preset: str | None = None) -> dict:
+    """Load with `flags`, render the clip twice (sampling as `preset` samples); times and this process's peak memory."""
     size = SIZES[size_name]
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -72,6 +77,8 @@ def measure(base: Path, motion: Path, flags: dict, size_name: str) -> dict:
         width=size.pixels,
         num_inference_steps=size.steps,
     )
+    if preset:
+        settings = with_preset(settings, preset)
     clips = []
     for _ in range(2):
         synchronize()
@@ -91,11 +98,12 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("BASE", "MOTION"), help=argparse.SUPPRESS)
     parser.add_argument("--flag", help=argparse.SUPPRESS)  # the worker's setting
     args = parser.parse_args()
-    flags = FLAGS | (GPU_FLAGS if args.size == "gpu" else {})
+    flags = FLAGS | PRESET_FLAGS | (GPU_FLAGS if args.size == "gpu" else {})
     flags = {name: value for name, value in flags.items() if not args.only or name.startswith(tuple(args.only))}
     if args.worker:
         base, motion = args.worker
-        print(json.dumps(measure(Path(base), Path(motion), flags[args.flag], args.size)))
+        preset = args.flag.removeprefix("--preset ") if args.flag in PRESET_FLAGS else None
+        print(json.dumps(measure(Path(base), Path(motion), flags[args.flag], args.size, preset)))
         return
     if SIZES[args.size].device == "cuda" and not torch.cuda.is_available():
         sys.exit("the gpu size needs CUDA")
@@ -129,7 +137,7 @@ def main() -> None:
         "device": device,
         "date": time.strftime("%Y-%m-%d"),
         "versions": {name: version(name) for name in ("magicme", "torch", "diffusers", "transformers")},
-        "command": f"python benchmarks/flags.py --size {args.size}",
+        "command": " ".join(["python benchmarks/flags.py", *sys.argv[1:]]),
         "flags": results,
         "seconds": time.perf_counter() - started,
     }

@@ -25,9 +25,9 @@ def test_benchmark_script_runs_on_the_tiny_model(tmp_path: Path) -> None:
 def test_flags_benchmark_loads_each_setting_through_magicme_in_its_own_process(tmp_path: Path) -> None:
     output = tmp_path / "flags.json"
     command = [sys.executable, str(BENCHMARKS / "flags.py"), "--size", "tiny", "--output", str(output)]
-    subprocess.run([*command, "--only=--vae-s"], check=True, capture_output=True)
+    subprocess.run([*command, "--only=--vae-s", "--only=--preset lightning-4"], check=True, capture_output=True)
     flags = json.loads(output.read_text())["flags"]
-    assert list(flags) == ["--vae-slicing"]
+    assert list(flags) == ["--vae-slicing", "--preset lightning-4"]
     for measured in flags.values():
         assert measured["clip_seconds"] > 0 and measured["peak_memory_gb"] > 0
 
@@ -113,3 +113,16 @@ def test_regions_benchmark_times_binding_against_the_shared_prompt_and_stock(tmp
     assert set(results["variants"]) == {"stock diffusers", "shared prompt", "bound to regions"}
     assert all(variant["seconds"] > 0 for variant in results["variants"].values())
     assert results["bound_per_step_ratio_to_shared"] > 0
+
+
+def test_groups_benchmark_scores_both_prompts_on_the_same_noise_for_each_pair(tmp_path: Path) -> None:
+    """The figures live in the README; here that each clip is scored for both prompts, in range."""
+    output = tmp_path / "groups.json"
+    command = [sys.executable, str(BENCHMARKS / "world_groups.py"), "--split", "choose", "--pairs", "1"]
+    command += ["--seeds", "1", "--training-steps", "5", "--inference-steps", "5", "--output", str(output)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    record = json.loads(output.read_text())
+    assert record["pairs"] == [[1000, 1001]] and len(record["clips"]) == 2 * 2  # 2 framings x 2 prompts
+    for clip in record["clips"]:
+        assert all(1 <= rank <= 40 for rank in clip["lineup_ranks"]) and 0 <= clip["swapped"] <= 1
+    assert sum(record["wins"]["close"].values()) == 1 and "| medium | regional binding" in printed
