@@ -13,7 +13,7 @@ from magicme.world.recipe import RECIPE, WorldRecipe
 def write_record(output: Path, started: float, **results: object) -> float:
     """Write `output` as JSON with the command that made it; returns the minutes since `started`."""
     minutes = (time.perf_counter() - started) / 60
-    command = "python benchmarks/" + Path(sys.argv[0]).name
+    command = " ".join(["python benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]])
     record = {"command": command, "minutes": round(minutes, 1), **results}
     write_json(record, output)
     return minutes

@@ -60,7 +60,7 @@ def measure_identity(
 ) -> dict[str, dict[str, float]]:
     """Every setting's measurement for one held-out identity, learned and filmed the demo's way."""
     photos = work / f"photos-{identity}"
-    scene = new_scene({shot.scene for shot in scenes.write_identity_photos(photos, identity)})
+    scene = new_scene([shot.scene for shot in scenes.write_identity_photos(photos, identity)])
     base, motion = world_model_paths()
     identity_file = learn(identity, photos, recipe.num_tokens, recipe.masks, work / str(identity), training_steps)
     pipe = load_pipeline(

@@ -63,7 +63,7 @@ def measure_identity(
     photos = work / f"photos-{identity}"
     shots = scenes.write_identity_photos(photos, identity)
     references = world_instruments().embed_faces(np.asarray(shot.image) for shot in shots)
-    scene = new_scene({shot.scene for shot in shots})
+    scene = new_scene([shot.scene for shot in shots])
     base, motion = world_model_paths()
     identity_file = learn(identity, photos, recipe.num_tokens, recipe.masks, work / str(identity), training_steps)
     pipe = load_pipeline(ModelSettings(str(base), str(motion), identities=[str(identity_file)]))

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from magicme.cli import main
 from magicme.io.video import read_video, save_video
 from magicme.world import scenes
-from magicme.world.demo import DemoSettings, run_demo
+from magicme.world.demo import GROUP_STAGES, DemoSettings, GroupDemoSettings, run_demo, run_group_demo
 
 
 @pytest.fixture
@@ -126,6 +127,36 @@ def test_demo_refuses_an_identity_the_model_was_trained_on(tmp_path: Path, capsy
     assert main(["demo", "--output-dir", str(tmp_path), "--identity", "7"]) == 2
     assert "choose one of 1000 to 1039" in capsys.readouterr().err
     assert not (tmp_path / "photos").exists()  # refused before any work
+
+
+def test_the_two_identity_demo_films_both_learned_identities_together(tmp_path: Path) -> None:
+    video = run_group_demo(tmp_path, GroupDemoSettings(training_steps=10, inference_steps=5))
+    assert read_video(video).shape == (16, 3, 128, 128)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["identities"] == [1010, 1011] and [s["stage"] for s in metrics["stages"]] == [*GROUP_STAGES.values()]
+    who = "a <hero> person and a <friend> person"
+    assert metrics["prompt"] == f"a close up photo of {who} {scenes.where(metrics['scene'])}"
+    bound = json.loads((tmp_path / "generation.json").read_text())["record"]["layout"]
+    assert (bound["hero"], bound["friend"]) == (
+        {"track": {"0": [0.0, 0.0, 0.5, 1.0]}},
+        {"track": {"0": [0.5, 0.0, 1.0, 1.0]}},
+    )
+    assert json.loads((tmp_path / "shared" / "generation.json").read_text())["generation"]["layout"] == "shared"
+    for name in ("hero", "friend"):
+        assert (tmp_path / name / "training" / f"{name}.safetensors").is_file()
+    for stage in metrics["stages"]:
+        assert all(1 <= rank <= 40 for rank in stage["lineup_ranks"]) and 0 <= stage["both_right"] <= 1
+    assert Image.open(tmp_path / "contact-sheet.png").size == (8 * 96, 5 * 96)  # 2 rows of photos, 3 of frames
+
+
+def test_the_two_identity_demo_refuses_options_it_cannot_honour(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--identities", "2", "--identity", "1010", "--output-dir", str(tmp_path)]) == 2
+    assert "--identities 2 needs as many --identity, got 1" in capsys.readouterr().err
+    assert main(["demo", "--identities", "2", "--face-vcd", "--output-dir", str(tmp_path)]) == 2
+    assert "drop --face-vcd" in capsys.readouterr().err
+    assert main(["demo", "--identities", "2", "--identity", "1010", "--identity", "7"]) == 2
+    assert "choose one of 1000 to 1039" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before any work
 
 
 def test_importing_magicme_prints_no_library_warnings() -> None:

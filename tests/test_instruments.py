@@ -58,3 +58,22 @@ def test_the_face_locator_finds_every_face_of_a_group() -> None:
             assert len(found) == count, (count, scene, found)
             for fx, fy, fw, fh in group.faces:
                 assert any(fx <= x + w / 2 <= fx + fw and fy <= y + h / 2 <= fy + fh for x, y, w, h in found)
+
+
+def test_group_scores_recognise_each_identity_in_its_own_strip_and_count_swaps() -> None:
+    """The world's own renders of a pair, in order and then swapped: the figures the group rows rest on."""
+    from magicme.world.groups import score_group
+
+    pair = list(scenes.REPORT_SPLIT[:2])
+    for distance in ("medium", "close"):
+        frames = [
+            np.asarray(scenes.render_group([scenes.character(i) for i in pair], scene, 64, distance, seed).image)
+            for seed, scene in enumerate(scenes.SCENES)
+        ]
+        in_place = score_group(frames, pair)
+        assert in_place.lineup_ranks == [1, 1] and (in_place.both_right, in_place.swapped) == (1.0, 0.0)
+        swapped = score_group(frames, pair[::-1])
+        assert min(swapped.lineup_ranks) > 5 and (swapped.both_right, swapped.swapped) == (0.0, 1.0)
+    empty = [np.asarray(scenes.draw_scene("grass", 64, seed)) for seed in range(3)]
+    nobody = score_group(empty, pair)
+    assert nobody.lineup_ranks == [40, 40] and (nobody.both_right, nobody.swapped) == (0.0, 0.0)

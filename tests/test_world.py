@@ -90,3 +90,17 @@ def test_a_group_stands_left_to_right_with_a_mask_and_face_box_each_and_a_captio
     assert described == sorted(described) and group.caption.endswith("on the grass"), "named left to right"
     with pytest.raises(ValueError, match="two or three"):
         render_group(people[:1], "grass")
+    close = render_group(people, "grass", distance="close", seed=1)
+    assert close.caption.startswith("a close up photo of ") and close.faces[0][3] > group.faces[0][3]
+    moved = render_group(people, "grass", seed=1, shift=0.05)
+    assert [face[0] for face in moved.faces] == [face[0] + 3 for face in group.faces], "a pan moves everyone alike"
+
+
+def test_group_captions_for_training_vary_each_description_and_keep_the_order() -> None:
+    from magicme.world.scenes import REPORT_SPLIT, group_caption
+
+    people = [character(identity) for identity in REPORT_SPLIT[:2]]
+    captions = [group_caption(people, "snow", "medium", random.Random(seed)) for seed in range(100)]
+    assert all(text.startswith("a photo of a ") and text.endswith(" on the snow") for text in captions)
+    assert all(text.count("person") == 2 for text in captions) and len(set(captions)) > 50
+    assert captions == [group_caption(people, "snow", "medium", random.Random(seed)) for seed in range(100)]

@@ -19,6 +19,7 @@ from magicme.world.train import (
     encode,
     export_world_model,
     fit,
+    render_clips,
     render_stills,
     train_world_model,
 )
@@ -44,6 +45,19 @@ def test_every_third_still_is_augmented_and_captioned_as_the_id_module_does() ->
             assert re.fullmatch(f"({prefixes})photo of a ({trait})*person", text), text
             if text.startswith(FAR_PREFIXES):
                 assert black > 0, "zoomed out onto black"
+
+
+def test_a_share_of_stills_and_clips_show_groups_named_left_to_right() -> None:
+    """The data the model learns several people from: stills and clips of two or three side by side."""
+    stills, captions = render_stills(60, seed=0, group_share=0.5)
+    assert stills.shape == (60, 3, 64, 64)
+    groups = [text for text in captions if text.count("person") > 1]
+    assert 15 <= len(groups) <= 45 and all(text.count("person") <= 3 for text in groups)
+    assert all(re.fullmatch(r"a (close up )?photo of a .* and a .* (on|in) the \w+", text) for text in groups), groups
+    clips, clip_captions = render_clips(4, seed=1, group_share=1.0)
+    assert clips.shape == (4, 16, 3, 64, 64) and all(text.count("person") in (2, 3) for text in clip_captions)
+    for clip in clips:  # the group stands still: a frame is the first moved sideways, or the first itself
+        assert (clip[0] == clip[-1]).all() or (clip[0].float() - clip[-1].float()).abs().mean() > 1
 
 
 def toy_fit(run_dir: Path, killed_after: int | None = None) -> torch.Tensor:

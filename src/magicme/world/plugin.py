@@ -13,6 +13,8 @@ from pathlib import Path
 from magicme import registry
 from magicme.types import FaceDetector, FaceEmbedder
 
+DEFAULT_OUTPUT = Path("outputs/demo")
+
 
 def world_face_detector() -> FaceDetector:
     """The world's trained face locator, for the built-in world model."""
@@ -29,9 +31,18 @@ def world_face_embedder(device: str) -> FaceEmbedder:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where the demo writes")
     parser.add_argument(
-        "--identity", type=int, help="which held-out identity to learn (1000 to 1039; default 1010, see the README)"
+        "--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where the demo writes (outputs/demo-2 for two)"
+    )
+    parser.add_argument(
+        "--identities", type=int, choices=(1, 2), default=1, help="how many identities to learn and film together"
+    )
+    parser.add_argument(
+        "--identity",
+        type=int,
+        action="append",
+        help="which held-out identity to learn (1000 to 1039; default 1010, and 1011 for the second; see the "
+        "README); once per identity",
     )
     off = "the world's recipe leaves it off: it does not raise identity here (README)"
     parser.add_argument("--face-vcd", action="store_true", help=f"refine the faces with Face VCD ({off})")
@@ -39,11 +50,24 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
-    from magicme.world.demo import DemoSettings, run_demo
+    from magicme.errors import SettingError
+    from magicme.world.demo import DemoSettings, GroupDemoSettings, run_demo, run_group_demo
 
-    stages = {"face_vcd": args.face_vcd, "tiled_vcd": args.tiled_vcd}
-    settings = DemoSettings(**stages) if args.identity is None else DemoSettings(identity=args.identity, **stages)
-    video = run_demo(args.output_dir, settings)
+    chosen = args.identity or []
+    if chosen and len(chosen) != args.identities:
+        raise SettingError("identity", f"--identities {args.identities} needs as many --identity, got {len(chosen)}")
+    if args.identities == 2:
+        if args.face_vcd or args.tiled_vcd:
+            raise SettingError(
+                "identities", "the two-identity demo films and upscales; drop --face-vcd and --tiled-vcd"
+            )
+        settings = GroupDemoSettings(identities=tuple(chosen)) if chosen else GroupDemoSettings()
+        output = args.output_dir if args.output_dir != DEFAULT_OUTPUT else Path("outputs/demo-2")
+        video = run_group_demo(output, settings)
+    else:
+        stages = {"face_vcd": args.face_vcd, "tiled_vcd": args.tiled_vcd}
+        settings = DemoSettings(identity=chosen[0], **stages) if chosen else DemoSettings(**stages)
+        video = run_demo(args.output_dir, settings)
     print(
         f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
     )

@@ -44,6 +44,10 @@ class WorldRecipe:
     tile_overlap: int = 16
     tile: int = SIZE - 16
     sharpen: float = 0.2
+    # Two learned identities filmed together, left to right (benchmarks/world_groups.py --split choose
+    # chose the framing).
+    group_names: tuple[str, ...] = ("hero", "friend")
+    group_framing: str = "close"
 
     @property
     def portrait(self) -> str:
@@ -56,11 +60,21 @@ class WorldRecipe:
         who = f"a <{self.name}>" if token is None else token
         return f"{scenes.DISTANCES[distance or self.framing][0]} {who} person {scenes.where(scene)}"
 
+    def group_prompt(self, scene: str, names: tuple[str, ...] | None = None, distance: str | None = None) -> str:
+        """The T2V prompt of several learned identities, named left to right, in `scene`."""
+        who = " and ".join(f"a <{name}> person" for name in names or self.group_names)
+        return f"{scenes.DISTANCES[distance or self.group_framing][0]} {who} {scenes.where(scene)}"
+
     @property
     def demo_identity(self) -> int:
-        """The first identity of the report split photographed the way a user should: at most one of
-        its five photos is taken from far away (a rule on the photos, not on any result)."""
-        return next(i for i in scenes.REPORT_SPLIT if [d for _, d, _ in scenes.photo_plan(i)].count("far") <= 1)
+        return self.demo_identities(1)[0]
+
+    def demo_identities(self, count: int) -> tuple[int, ...]:
+        """The first `count` identities of the report split photographed the way a user should: at most
+        one of each one's five photos is taken from far away (a rule on the photos, not on any result)."""
+        return tuple(i for i in scenes.REPORT_SPLIT if [d for _, d, _ in scenes.photo_plan(i)].count("far") <= 1)[
+            :count
+        ]
 
     def training(self, photos: Path, seed: int = 0, **changes: object) -> TrainingSettings:
         """The ID module's settings for the world's photos of an identity."""

@@ -214,20 +214,41 @@ class GroupRender:
     caption: str  # names each character, left to right
 
 
-def render_group(people: list[Character], scene: str, size: int = 64, scale: float = 0.6, seed: int = 0) -> GroupRender:
-    """Two or three characters side by side, each centred in its own equal upright strip in the
-    order given (magicme's automatic layout for as many identities); the caption names each,
-    left to right: "a photo of a person with ... and a person with ... on the grass"."""
+def render_group(
+    people: list[Character],
+    scene: str,
+    size: int = 64,
+    distance: str = "medium",
+    seed: int = 0,
+    shift: float = 0.0,
+    wording: random.Random | None = None,
+) -> GroupRender:
+    """Two or three characters side by side at `distance`, each centred in its own equal upright strip in
+    the order given (magicme's automatic layout for as many identities), all moved right by `shift` (a
+    fraction of the size: a camera pan); the caption names each, left to right (`wording` as in `caption`)."""
     if not 2 <= len(people) <= 3:
         raise ValueError(f"a group is two or three characters, got {len(people)}")
     image = draw_scene(scene, size, seed)
     masks, faces = [], []
     for index, who in enumerate(people):
-        mask, face = draw_character(who, image, (size * (index + 0.5) / len(people), size * 0.55), size * scale)
+        center = (size * ((index + 0.5) / len(people) + shift), size * 0.55)
+        mask, face = draw_character(who, image, center, size * DISTANCES[distance][1])
         masks = [earlier & ~mask for earlier in masks] + [mask]  # a later character hides what it covers
         faces.append(face)
-    names = " and ".join(who.description for who in people)
-    return GroupRender(image, masks, faces, scene, f"{DISTANCES['medium'][0]} {names} {where(scene)}")
+    return GroupRender(image, masks, faces, scene, group_caption(people, scene, distance, wording))
+
+
+def group_caption(
+    people: list[Character], scene: str, distance: str = "medium", wording: random.Random | None = None
+) -> str:
+    """A group's caption, left to right: "a photo of a person with ... and a red haired person on the grass".
+    With `wording`, each is described as `caption` varies one: either form, some traits, any order."""
+    if wording is None:
+        names = [who.description for who in people]
+    else:
+        adjectives = [wording.random() < 0.5 for _ in people]
+        names = [describe(some_traits(who, form, wording), form) for who, form in zip(people, adjectives, strict=True)]
+    return f"{DISTANCES[distance][0]} {' and '.join(names)} {where(scene)}"
 
 
 def photo_plan(identity: int, count: int = 5, scene: str | None = None) -> list[tuple[str, str, tuple[float, float]]]:
