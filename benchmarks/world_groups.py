@@ -127,9 +127,8 @@ def main() -> None:
     started, clips = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as folder:
         for pair in pairs:
-            clips += measure_pair(
-                recipe, pair, framings or (recipe.group_framing,), list(range(args.seeds)), Path(folder)
-            )
+            framing = framings or (recipe.group_framing,)
+            clips += measure_pair(recipe, pair, framing, list(range(args.seeds)), Path(folder), args.model_dir)
             print(f"pair {pair}: {len(clips)} clips so far", flush=True)
     text = table(clips)
     output = args.output or HERE / f"results-world-groups-{args.split}.json"
