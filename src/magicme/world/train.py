@@ -75,7 +75,7 @@ def render_stills(count: int, seed: int, group_share: float = 0.0) -> tuple[torc
     pick, wording, images, captions = random.Random(seed), random.Random(f"wording {seed}"), [], []
     generator = torch.Generator().manual_seed(seed)
     for index in range(count):
-        if pick.random() < group_share:
+        if group_share and pick.random() < group_share:  # no draw without groups: the same data as before
             people, scene, distance, scene_seed = _random_group(pick)
             group = scenes.render_group(people, scene, SIZE, distance, scene_seed, wording=wording)
             images.append(np.asarray(group.image))
@@ -113,7 +113,7 @@ def render_clips(count: int, seed: int, group_share: float = 0.0) -> tuple[torch
     of them show a group standing still, filmed still or panning a little."""
     pick, wording, clips, captions = random.Random(seed), random.Random(f"wording {seed}"), [], []
     for _ in range(count):
-        if pick.random() < group_share:
+        if group_share and pick.random() < group_share:  # no draw without groups: the same data as before
             people, scene, distance, scene_seed = _random_group(pick)
             pan = pick.choice([0.0, -0.08, 0.08])
             shots = [
