@@ -5,8 +5,8 @@ prompt (no processor) and against stock diffusers' AnimateDiffPipeline call, in 
     python benchmarks/regions.py --size gpu    # 16 frames, 512 px, 25 steps, fp16 on CUDA
 
 Two random 4-token identities share the prompt "a photo of <alice> woman and <bob> man on
-the beach". "bound" is magicme's default for such a prompt (side by side, each identity's
-tokens masked outside its half); "shared" is `--layout shared`. Each variant runs once to
+the beach". "bound" is magicme's default for such a prompt (side by side, each half reading
+its own prompt); "shared" is `--layout shared`. Each variant runs once to
 warm up, then `repeats` times alternating with the others; medians of the whole call and of
 one UNet step. Writes benchmarks/results-regions-SIZE.json (or --output).
 """

@@ -149,13 +149,16 @@ def test_the_two_identity_demo_films_both_learned_identities_together(tmp_path: 
     assert Image.open(tmp_path / "contact-sheet.png").size == (8 * 96, 5 * 96)  # 2 rows of photos, 3 of frames
 
 
-def test_the_two_identity_demo_refuses_options_it_cannot_honour(tmp_path: Path, capsys) -> None:
+def test_the_demo_refuses_options_it_cannot_honour(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--identities", "2", "--identity", "1010", "--output-dir", str(tmp_path)]) == 2
     assert "--identities 2 needs as many --identity, got 1" in capsys.readouterr().err
     assert main(["demo", "--identities", "2", "--face-vcd", "--output-dir", str(tmp_path)]) == 2
     assert "drop --face-vcd" in capsys.readouterr().err
     assert main(["demo", "--identities", "2", "--identity", "1010", "--identity", "7"]) == 2
     assert "choose one of 1000 to 1039" in capsys.readouterr().err
+    for count in ("1", "2"):
+        assert main(["demo", "--identities", count, "--model-dir", str(tmp_path), "--output-dir", str(tmp_path)]) == 2
+        assert f"no trained world model in {tmp_path}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before any work
 
 

@@ -14,7 +14,7 @@ from magicme.identity.files import Identity, save_identity
 from magicme.t2v import generate as generate_module
 from magicme.t2v.generate import bind_regions, choose_layout, generate
 from magicme.t2v.layout import Region, read_layout
-from magicme.t2v.regional_attention import Binding, RegionalCrossAttention
+from magicme.t2v.regional_attention import Binding, RegionalCrossAttention, region_prompt
 from magicme.testing.tiny import TEXT_WIDTH
 from tests.conftest import quick_settings
 
@@ -37,29 +37,45 @@ def two_pipe(tiny_model, identity_file: Path, bob_file: Path):
 
 
 def test_an_identitys_tokens_get_no_attention_outside_its_region() -> None:
-    """Changing only the identity's token embeddings changes the output inside its region and leaves
-    every pixel outside it bit for bit; the negative prompt's rows attend as diffusers' processor does."""
+    """Changing only the region's text changes the output inside the region and leaves every pixel
+    outside it bit for bit; outside every region, and in the negative prompt's rows, the processor
+    attends as diffusers' does."""
     torch.manual_seed(0)
     attn = Attention(query_dim=32, cross_attention_dim=16, heads=2, dim_head=16).eval()
     frames, height, width, tokens = 3, 4, 6, 8
     left = torch.zeros(frames, height, width, dtype=torch.bool)
     left[:, :, :3] = True
-    positions = torch.zeros(tokens, dtype=torch.bool)
-    positions[2:4] = True
-    processor = RegionalCrossAttention(Binding([positions], [left], guided=True))
+    own = torch.randn(1, tokens, 16)
+    processor = RegionalCrossAttention(Binding([own], [left], guided=True))
     pixels = torch.randn(2 * frames, height * width, 32)
     text = torch.randn(2 * frames, tokens, 16)
-    changed = text.clone()
-    changed[frames:, 2:4] = torch.randn(frames, 2, 16)  # the prompt's rows: the identity's tokens only
     with torch.no_grad():
         before = processor(attn, pixels, text)
-        after = processor(attn, pixels, changed)
+        processor.binding.texts = [own + torch.randn_like(own)]
+        after = processor(attn, pixels, text)
         stock = AttnProcessor2_0()(attn, pixels, text)
     inside = left.flatten(1).repeat(2, 1)  # (rows, pixels)
     inside[:frames] = False  # the negative prompt's rows: nothing changed there
     assert torch.equal(before[~inside], after[~inside]), "the identity reached a pixel outside its region"
     assert not torch.allclose(before[inside], after[inside]), "the identity must act inside its region"
-    assert torch.allclose(before[:frames], stock[:frames], atol=1e-6), "the negative prompt attends as before"
+    assert torch.allclose(before[~inside], stock[~inside], atol=1e-6), "outside the region: as diffusers attends"
+
+
+def test_regions_sharing_pixels_each_give_them_half() -> None:
+    attn = Attention(query_dim=8, cross_attention_dim=8, heads=1, dim_head=8).eval()
+    full = torch.ones(1, 2, 2, dtype=torch.bool)
+    texts = [torch.randn(1, 4, 8), torch.randn(1, 4, 8)]
+    pixels, text = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    with torch.no_grad():
+        both = RegionalCrossAttention(Binding(texts, [full, full], guided=False))(attn, pixels, text)
+        alone = [RegionalCrossAttention(Binding([t], [full], guided=False))(attn, pixels, text) for t in texts]
+    assert torch.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
+
+
+def test_each_region_reads_the_prompt_without_the_other_identities() -> None:
+    assert region_prompt(TWO, "alice") == "a photo of <alice> woman and man"
+    assert region_prompt(TWO, "bob", "<bob> man in a hat") == "a photo of woman and <bob> man, <bob> man in a hat"
+    assert region_prompt(TWO, "") == "a photo of woman and man"
 
 
 def test_one_identity_and_no_layout_renders_as_before(tiny_pipe, monkeypatch) -> None:
@@ -74,7 +90,7 @@ def test_one_identity_and_no_layout_renders_as_before(tiny_pipe, monkeypatch) ->
     assert torch.equal(default, shared)
 
 
-def test_two_identities_are_placed_side_by_side_and_bound_to_their_own_tokens(two_pipe) -> None:
+def test_two_identities_are_placed_side_by_side_each_region_with_its_own_prompt(two_pipe) -> None:
     settings = quick_settings(prompt=TWO)
     layout = choose_layout(settings)
     assert [(region.name, region.box_at(0)) for region in layout.regions] == [
@@ -82,15 +98,10 @@ def test_two_identities_are_placed_side_by_side_and_bound_to_their_own_tokens(tw
         ("bob", (0.5, 0.0, 1.0, 1.0)),
     ]
     prompt, binding = bind_regions(two_pipe, settings, layout)
-    ids = two_pipe.tokenizer(two_pipe.maybe_convert_prompt(prompt, two_pipe.tokenizer)).input_ids
-    vocab = two_pipe.tokenizer.get_added_vocab()
-    for name, positions, count in (("alice", binding.positions[0], 4), ("bob", binding.positions[1], 3)):
-        mine = [
-            index
-            for index, token in enumerate(ids)
-            if token in {v for k, v in vocab.items() if k.startswith(f"<{name}>")}
-        ]
-        assert positions.nonzero().flatten().tolist() == mine and len(mine) == count
+    assert prompt == "a photo of woman and man"  # outside every region, no identity
+    alone = ("a photo of <alice> woman and man", "a photo of woman and <bob> man")
+    for text, words in zip(binding.texts, alone, strict=True):
+        assert torch.equal(text, two_pipe.encode_prompt(words, "cpu", 1, False)[0])
     assert binding.masks[0][:, :, :4].all() and not binding.masks[0][:, :, 4:].any()  # 64 px: 8 latent columns
 
 
@@ -123,9 +134,9 @@ def test_a_region_prompt_is_added_and_bound_to_its_region(two_pipe, tmp_path: Pa
     tracks["bob"] = {"track": {"0": [0.5, 0, 1, 1], "7": [0.5, 0.25, 1, 0.75]}}
     layout_file.write_text(json.dumps(tracks))
     settings = quick_settings(prompt=TWO, layout=str(layout_file))
-    prompt, binding = bind_regions(two_pipe, settings, choose_layout(settings))
-    assert prompt == f"{TWO}, <alice> woman in a red coat"
-    assert binding.positions[0].sum() == 4 + 4 + 6  # its tokens in the prompt, then its region's prompt
+    _, binding = bind_regions(two_pipe, settings, choose_layout(settings))
+    alone = "a photo of <alice> woman and man, <alice> woman in a red coat"
+    assert torch.equal(binding.texts[0], two_pipe.encode_prompt(alone, "cpu", 1, False)[0])
     assert binding.masks[1][0, 0, 4:].all() and not binding.masks[1][7, 0, 4:].any()  # bob's box moved down
 
 

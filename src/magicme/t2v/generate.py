@@ -24,7 +24,7 @@ from magicme.settings import FREEU_SPEC, GenerationSettings, ModelSettings
 from magicme.t2v.layout import SHARED, Layout, check_layout, choose_layout, identities_named
 from magicme.t2v.noise_prior import sample_noise_prior, validate_gamma
 from magicme.t2v.prompts import parse_prompt_schedule
-from magicme.t2v.regional_attention import Binding, bound_regions
+from magicme.t2v.regional_attention import Binding, bound_regions, region_prompt
 from magicme.types import Frames, Latents
 
 
@@ -99,38 +99,20 @@ def initial_latents(pipe: AnimateDiffPipeline, settings: GenerationSettings, gen
 
 
 def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout) -> tuple[str, Binding]:
-    """The prompt with each region's own prompt added, and which of its tokens act where."""
-    tokenizer = pipe.tokenizer
-
-    def length(text: str) -> int:  # tokens before the end token
-        return len(tokenizer(pipe.maybe_convert_prompt(text, tokenizer)).input_ids) - 1
-
-    prompt, spans = lowercase_placeholders(settings.prompt), {}
-    for region in layout.regions:
-        if region.prompt:
-            start, prompt = length(prompt), f"{prompt}, {lowercase_placeholders(region.prompt)}"
-            spans[region.name] = (start, length(prompt))
-    check_placeholders(prompt, loaded_identity_names(pipe))
-    check_prompt_fits(pipe, prompt)
-    ids = tokenizer(
-        pipe.maybe_convert_prompt(prompt, tokenizer),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids[0]
-    added = tokenizer.get_added_vocab()
-    positions = []
-    for region in layout.regions:
-        mine = [i for token, i in added.items() if token == f"<{region.name}>" or token.startswith(f"<{region.name}>_")]
-        where = torch.isin(ids, torch.tensor(mine, dtype=ids.dtype))
-        if region.name in spans:
-            where[slice(*spans[region.name])] = True
-        positions.append(where)
+    """The clip's prompt with no identity in it (what pixels outside every region read), and each
+    region's own prompt, encoded alone."""
     latent = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
     masks = layout.masks(settings.num_frames, *latent)
     check_layout(layout, identities_named(settings.prompt), masks)
-    return prompt, Binding(positions, list(masks.values()), guided=settings.guidance_scale > 1)
+    prompt, loaded = lowercase_placeholders(settings.prompt), loaded_identity_names(pipe)
+    texts = []
+    for region in layout.regions:
+        check_placeholders(region.prompt, loaded)
+        text = region_prompt(prompt, region.name, lowercase_placeholders(region.prompt))
+        check_prompt_fits(pipe, text)
+        texts.append(pipe.encode_prompt(text, pipe._execution_device, 1, do_classifier_free_guidance=False)[0])
+    nobody = region_prompt(prompt, "")  # every identity deleted
+    return nobody, Binding(texts, list(masks.values()), guided=settings.guidance_scale > 1)
 
 
 def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:

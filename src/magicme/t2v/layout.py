@@ -3,7 +3,7 @@
 A region is a box (fractions of the frame: x0, y0, x1, y1), a mask image, or a box track
 (boxes at chosen frames, linearly interpolated between them and held before the first and
 after the last), so a subject can walk across the frame. It may carry its own prompt
-("<alice> woman in a red coat"), added to the clip's prompt and bound to that region.
+("<alice> woman in a red coat"), added to what that region reads (`region_prompt`).
 
 Given on the command line as `--region NAME=SPEC` (SPEC: a named place such as `left`, four
 fractions `x0,y0,x1,y1`, or a mask image), or as a JSON file (`--layout layout.json`):

@@ -1,16 +1,21 @@
-"""Regional identity binding: each identity's tokens act only inside its region.
+"""Regional identity binding: inside its region, the text cross-attention reads the region's own prompt.
 
-A diffusers attention processor for the UNet's text cross-attention layers (not the motion
-modules, whose attention runs over frames). For a query pixel outside identity i's region
-in its frame, the logits of i's token positions get -inf, so those tokens get exactly zero
-attention there; the rest of the prompt attends everywhere. No weight changes and no fork of
-the UNet: it composes with the motion modules, FreeU (a change to the up blocks), FreeInit
-and FreeNoise (whose windows run inside the motion modules: the spatial layers see every
-frame) and the 3D prior (the initial latents).
+Masking an identity's tokens outside its region is not enough to keep identities apart: CLIP's
+text encoder is causal, so every token after `<alice>` in "a photo of <alice> woman and <bob>
+man on the beach" carries alice, and the end and padding tokens, which weigh much in SD, carry
+both. In the miniature world that binding was no better than the shared prompt (README). So, as Mix-of-Show's
+regionally controllable sampling does, each region's prompt is encoded on its own (the clip's
+prompt with the other identities' names deleted, see `region_prompt`); inside its region the
+UNet's text cross-attention attends to that text alone, and elsewhere to the clip's prompt with
+no identity in it. An identity's tokens thus get zero attention outside its region.
 
-The UNet's spatial layers see a batch of (copies x frames) rows, the copies in the order
-the pipeline stacks them: with classifier-free guidance the negative prompt (which names no
-identity) first, then the prompt.
+A diffusers attention processor for the spatial transformer blocks' text attention (not the
+motion modules, whose attention runs over frames). No weight changes and no fork of the UNet:
+it composes with the motion modules, FreeU (a change to the up blocks), FreeInit and FreeNoise
+(whose windows run inside the motion modules: the spatial layers see every frame) and the 3D
+prior (the initial latents). The spatial layers see a batch of (copies x frames) rows, the
+copies in the order the pipeline stacks them: with classifier-free guidance the negative
+prompt (which names no identity) first, then the prompt.
 """
 
 from collections.abc import Iterator
@@ -21,43 +26,46 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from magicme.identity.files import PLACEHOLDER
+
+
+def region_prompt(prompt: str, name: str, own: str = "") -> str:
+    """What identity `name`'s region reads: `prompt` (and the region's `own` prompt after it) with
+    every other identity's `<NAME>` deleted, e.g. 'a photo of <alice> woman and man'."""
+    text = f"{prompt}, {own}" if own else prompt
+    kept = PLACEHOLDER.sub(lambda match: match.group(0) if match.group(1).lower() == name else "", text)
+    return " ".join(kept.split()).replace(" ,", ",")
+
 
 @dataclass
 class Binding:
-    """Which text positions belong to which identity, and where each identity may act."""
+    """Each region's own prompt, encoded alone, and where each region is."""
 
-    positions: list[torch.Tensor]  # per identity: (tokens,) booleans over the text positions
-    masks: list[torch.Tensor]  # per identity: (frames, h, w) booleans at the latent resolution
+    texts: list[torch.Tensor]  # per region: (1, tokens, width), its prompt's text-encoder states
+    masks: list[torch.Tensor]  # per region: (frames, h, w) booleans at the latent resolution
     guided: bool  # classifier-free guidance: the first half of the batch is the negative prompt
-    _biases: dict[tuple, torch.Tensor] = field(default_factory=dict)  # the same every step: made once per shape
+    _weights: dict[tuple, torch.Tensor] = field(default_factory=dict)  # the same every step: made once per shape
 
     @property
     def frames(self) -> int:
         return self.masks[0].shape[0]
 
-    def bias(self, rows: int, queries: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(rows, 1, queries, keys): -inf where an identity's token meets a pixel outside its region."""
-        shape = (rows, queries, keys, dtype, device)
-        if shape not in self._biases:
-            self._biases[shape] = self._bias(*shape)
-        return self._biases[shape]
+    def weights(self, rows: int, queries: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(regions, rows, 1, queries, 1): each region's share of each pixel of the prompt's rows
+        (1 inside one region, split evenly where regions overlap, 0 outside)."""
+        shape = (rows, queries, dtype, device)
+        if shape not in self._weights:
+            self._weights[shape] = self._share(*shape)
+        return self._weights[shape]
 
-    def _bias(self, rows: int, queries: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _share(self, rows: int, queries: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if rows % self.frames:
             raise ValueError(f"regional binding: {rows} rows is not a whole number of {self.frames}-frame clips")
-        outside = self._outside(queries).to(device)  # (identities, frames, queries)
-        tokens = torch.stack(self.positions).to(device)[:, :keys]  # (identities, keys)
-        blocked = (outside[:, :, :, None] & tokens[:, None, None, :]).any(0)  # (frames, queries, keys)
-        blocked = blocked.repeat(rows // self.frames, 1, 1)
-        if self.guided:
-            blocked[: rows // 2] = False  # the negative prompt's rows
-        bias = torch.zeros(rows, 1, queries, keys, dtype=dtype, device=device)
-        return bias.masked_fill_(blocked[:, None], float("-inf"))
-
-    def _outside(self, queries: int) -> torch.Tensor:
-        """(identities, frames, queries): pixels outside each region at the level of `queries` pixels."""
         height, width = layer_size(self.masks[0].shape[1:], queries)
-        return ~torch.stack([_resize(mask, height, width) for mask in self.masks]).flatten(2)
+        inside = torch.stack([_resize(mask, height, width) for mask in self.masks]).flatten(2).to(dtype)
+        share = inside / inside.sum(0).clamp(min=1)  # (regions, frames, queries)
+        share = share.repeat(1, rows // self.frames, 1)
+        return share[:, :, None, :, None].to(device)
 
 
 def layer_size(latent: tuple[int, int] | torch.Size, queries: int) -> tuple[int, int]:
@@ -83,7 +91,8 @@ def _resize(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class RegionalCrossAttention:
-    """Text cross-attention (SDPA) with the binding's bias; everything else as diffusers' AttnProcessor2_0."""
+    """Text cross-attention (SDPA) that reads each region's own prompt inside the region; everything
+    else as diffusers' AttnProcessor2_0."""
 
     def __init__(self, binding: Binding) -> None:
         self.binding = binding
@@ -100,12 +109,26 @@ class RegionalCrossAttention:
         if encoder_hidden_states is None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError("regional binding expects the UNet's text cross-attention, without an attention mask")
         rows, queries, _ = hidden_states.shape
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        head = key.shape[-1] // attn.heads
-        query, key, value = (x.view(rows, -1, attn.heads, head).transpose(1, 2) for x in (query, key, value))
-        bias = self.binding.bias(rows, queries, key.shape[2], query.dtype, query.device)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        head = attn.to_q.out_features // attn.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (rows, tokens, heads x head) -> (rows, heads, tokens, head)
+            return x.view(x.shape[0], -1, attn.heads, head).transpose(1, 2)
+
+        def attend(query: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            context = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
+            return F.scaled_dot_product_attention(query, split(attn.to_k(context)), split(attn.to_v(context)))
+
+        query = split(attn.to_q(hidden_states))
+        out = attend(query, encoder_hidden_states)
+        start = rows // 2 if self.binding.guided else 0  # the negative prompt's rows attend as they are
+        weights = self.binding.weights(rows - start, queries, out.dtype, out.device)
+        mine = query[start:]
+        regional = sum(
+            weight * attend(mine, text.to(out.dtype).expand(rows - start, -1, -1))
+            for weight, text in zip(weights, self.binding.texts, strict=True)
+        )
+        covered = weights.sum(0) > 0
+        out[start:] = torch.where(covered, regional, out[start:])
         out = out.transpose(1, 2).reshape(rows, -1, attn.heads * head).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

@@ -113,6 +113,7 @@ def run_demo(output_dir: Path = Path("outputs/demo"), settings: DemoSettings | N
     """Run the demo into `output_dir`; returns the final video (metrics and contact sheet beside it)."""
     settings = settings or DemoSettings()
     check_held_out(settings.identity)
+    world_model_paths(settings.model_dir)  # a missing model is refused before any work
     photos = output_dir / "photos"
     shots = scenes.write_identity_photos(photos, settings.identity)
     scene = new_scene([shot.scene for shot in shots])

@@ -13,8 +13,6 @@ from pathlib import Path
 from magicme import registry
 from magicme.types import FaceDetector, FaceEmbedder
 
-DEFAULT_OUTPUT = Path("outputs/demo")
-
 
 def world_face_detector() -> FaceDetector:
     """The world's trained face locator, for the built-in world model."""
@@ -32,7 +30,7 @@ def world_face_embedder(device: str) -> FaceEmbedder:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where the demo writes (outputs/demo-2 for two)"
+        "--output-dir", type=Path, help="where the demo writes (default: outputs/demo, or outputs/demo-2 for two)"
     )
     parser.add_argument(
         "--identities", type=int, choices=(1, 2), default=1, help="how many identities to learn and film together"
@@ -43,6 +41,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="which held-out identity to learn (1000 to 1039; default 1010, and 1011 for the second; see the "
         "README); once per identity",
+    )
+    parser.add_argument(
+        "--model-dir",
+        help="a world model folder (base/, motion_adapter/), e.g. one `scripts/train_world.py --out` trained; "
+        "default: the shipped one",
     )
     off = "the world's recipe leaves it off: it does not raise identity here (README)"
     parser.add_argument("--face-vcd", action="store_true", help=f"refine the faces with Face VCD ({off})")
@@ -61,13 +64,13 @@ def run_demo_command(args: argparse.Namespace) -> None:
             raise SettingError(
                 "identities", "the two-identity demo films and upscales; drop --face-vcd and --tiled-vcd"
             )
-        settings = GroupDemoSettings(identities=tuple(chosen)) if chosen else GroupDemoSettings()
-        output = args.output_dir if args.output_dir != DEFAULT_OUTPUT else Path("outputs/demo-2")
-        video = run_group_demo(output, settings)
+        picked = {"identities": tuple(chosen)} if chosen else {}
+        settings = GroupDemoSettings(model_dir=args.model_dir, **picked)
+        video = run_group_demo(args.output_dir or Path("outputs/demo-2"), settings)
     else:
-        stages = {"face_vcd": args.face_vcd, "tiled_vcd": args.tiled_vcd}
-        settings = DemoSettings(identity=chosen[0], **stages) if chosen else DemoSettings(**stages)
-        video = run_demo(args.output_dir, settings)
+        picked = {"identity": chosen[0]} if chosen else {}
+        settings = DemoSettings(model_dir=args.model_dir, face_vcd=args.face_vcd, tiled_vcd=args.tiled_vcd, **picked)
+        video = run_demo(args.output_dir or Path("outputs/demo"), settings)
     print(
         f"video: {video}\nmetrics: {video.parent / 'metrics.json'}\ncontact sheet: {video.parent / 'contact-sheet.png'}"
     )
