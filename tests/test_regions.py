@@ -184,6 +184,20 @@ def test_mask_and_layout_file_errors(tmp_path: Path) -> None:
         read_layout(str(tmp_path / "missing.json"), [])
 
 
+def test_render_refuses_a_bad_layout_file_before_loading_a_model(tmp_path, monkeypatch) -> None:
+    from magicme.settings import ModelSettings
+
+    loads, reads = [], []
+    monkeypatch.setattr(generate_module, "shared_pipeline", lambda model: loads.append(model))
+    monkeypatch.setattr(generate_module, "generate_in_layout", lambda pipe, settings, layout: reads.append(layout))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SettingError, match="not valid JSON"):
+        generate_module.render(
+            ModelSettings(), quick_settings(prompt=TWO, layout=str(tmp_path / "bad.json")), tmp_path / "a.mp4"
+        )
+    assert loads == [] and reads == []
+
+
 def test_the_cli_takes_regions_and_the_sidecar_records_the_layout(
     tiny_model, identity_file, bob_file, tmp_path
 ) -> None:

@@ -125,6 +125,12 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
     Returns:
         frames of shape (F, 3, H, W), floats in [0, 1], with F = `settings.num_frames`.
     """
+    return generate_in_layout(pipe, settings, choose_layout(settings))
+
+
+def generate_in_layout(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout | None) -> Frames:
+    """`generate` with the clip's regions already read (`choose_layout`), so that a caller that records
+    them reads the layout file once."""
     # 1. Check inputs
     check_generation_settings(settings)
     check_placeholders(settings.prompt, loaded_identity_names(pipe))
@@ -136,7 +142,7 @@ def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
 
     # 2. Bind each identity to its region, when several share the clip or a layout is given
     binding = None
-    if layout := choose_layout(settings):
+    if layout:
         if schedule is not None:
             raise SettingError(
                 "regions", f"regions do not work with prompt travel yet; use one prompt, or `layout: {SHARED}`"
@@ -182,13 +188,14 @@ def render(model: ModelSettings, generation: GenerationSettings, output: Path) -
         `output`.
     """
     check_generation_settings(generation)  # fail before minutes of model loading
+    layout = choose_layout(generation)  # a bad layout file too; and it is read once
     check_video_path(output)
     with exclusive(output):  # a second process aimed at the same file is refused, not raced
         started = time.perf_counter()
         pipe = shared_pipeline(model)
-        frames = generate(pipe, generation)
+        frames = generate_in_layout(pipe, generation, layout)
         settings = {"model": model, "generation": generation}
         record = {"device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
-        if layout := choose_layout(generation):
+        if layout:
             record["layout"] = layout.record()  # the regions as used, an automatic layout's included
         return save_with_sidecar(frames, output, generation.fps, settings, started, **record)
