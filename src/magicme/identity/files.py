@@ -70,6 +70,11 @@ def lowercase_placeholders(prompt: str) -> str:
     return PLACEHOLDER.sub(lambda match: match.group(0).lower(), prompt)
 
 
+def tidy_spaces(prompt: str) -> str:
+    """A prompt with words cut out of it, tidied: single spaces, none before a comma."""
+    return " ".join(prompt.split()).replace(" ,", ",")
+
+
 def save_identity(identity: Identity, path: Path) -> Path:
     """Write magicme's safetensors identity file atomically (a crash leaves no half file).
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from magicme.identity.files import PLACEHOLDER
+from magicme.identity.files import PLACEHOLDER, tidy_spaces
 
 
 def region_prompt(prompt: str, name: str, own: str = "") -> str:
@@ -34,7 +34,7 @@ def region_prompt(prompt: str, name: str, own: str = "") -> str:
     every other identity's `<NAME>` deleted, e.g. 'a photo of <alice> woman and man'."""
     text = f"{prompt}, {own}" if own else prompt
     kept = PLACEHOLDER.sub(lambda match: match.group(0) if match.group(1).lower() == name else "", text)
-    return " ".join(kept.split()).replace(" ,", ",")
+    return tidy_spaces(kept)
 
 
 @dataclass
@@ -115,8 +115,10 @@ class RegionalCrossAttention:
             return x.view(x.shape[0], -1, attn.heads, head).transpose(1, 2)
 
         def attend(query: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            """`query`'s rows attend to `text` (as many rows, or one that all of them read)."""
             context = attn.norm_encoder_hidden_states(text) if attn.norm_cross else text
-            return F.scaled_dot_product_attention(query, split(attn.to_k(context)), split(attn.to_v(context)))
+            key, value = (split(project(context)).expand(len(query), -1, -1, -1) for project in (attn.to_k, attn.to_v))
+            return F.scaled_dot_product_attention(query, key, value)
 
         query = split(attn.to_q(hidden_states))
         out = attend(query, encoder_hidden_states)
@@ -124,7 +126,7 @@ class RegionalCrossAttention:
         weights = self.binding.weights(rows - start, queries, out.dtype, out.device)
         mine = query[start:]
         regional = sum(
-            weight * attend(mine, text.to(out.dtype).expand(rows - start, -1, -1))
+            weight * attend(mine, text.to(out.dtype))  # a region's text is projected once, not per row
             for weight, text in zip(weights, self.binding.texts, strict=True)
         )
         covered = weights.sum(0) > 0

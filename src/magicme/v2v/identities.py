@@ -18,7 +18,7 @@ import torch
 
 from magicme.errors import SettingError
 from magicme.eval.metrics import similarity_to_references
-from magicme.identity.files import load_identity
+from magicme.identity.files import load_identity, tidy_spaces
 from magicme.identity.photos import load_photos
 from magicme.io.video import to_uint8
 from magicme.models.loading import shared_pipeline
@@ -35,8 +35,7 @@ StageSettings = TypeVar("StageSettings", bound=VideoToVideoSettings)
 
 def with_identity(settings: StageSettings, phrase: str) -> StageSettings:
     """The settings with `{identity}` in the prompt written as `phrase` (spaces tidied when it is empty)."""
-    prompt = " ".join(settings.prompt.replace(IDENTITY, phrase).split()).replace(" ,", ",")
-    return dataclasses.replace(settings, prompt=prompt)
+    return dataclasses.replace(settings, prompt=tidy_spaces(settings.prompt.replace(IDENTITY, phrase)))
 
 
 def identity_free(settings: StageSettings) -> StageSettings:
