@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from torch import nn
 
 from magicme.identity.augment import FAR_PREFIXES, NEAR_PREFIXES
@@ -15,6 +16,7 @@ from magicme.t2v.generate import generate
 from magicme.world.instruments import world_instruments
 from magicme.world.model import WORLD_MODEL, world_model_paths, world_words, write_world_tokenizer
 from magicme.world.train import (
+    GroupTuningSettings,
     WorldTrainingSettings,
     encode,
     export_world_model,
@@ -22,6 +24,7 @@ from magicme.world.train import (
     render_clips,
     render_stills,
     train_world_model,
+    tune_on_groups,
 )
 
 
@@ -54,6 +57,8 @@ def test_a_share_of_stills_and_clips_show_groups_named_left_to_right() -> None:
     groups = [text for text in captions if text.count("person") > 1]
     assert 15 <= len(groups) <= 45 and all(text.count("person") <= 3 for text in groups)
     assert all(re.fullmatch(r"a (close up )?photo of a .* and a .* (on|in) the \w+", text) for text in groups), groups
+    _, medium_only = render_stills(20, seed=0, group_share=1.0, close_groups=False)  # as the tuning draws them
+    assert all(text.startswith("a photo of") and text.count("person") > 1 for text in medium_only), medium_only
     clips, clip_captions = render_clips(4, seed=1, group_share=1.0)
     assert clips.shape == (4, 16, 3, 64, 64) and all(text.count("person") in (2, 3) for text in clip_captions)
     for clip in clips:  # the group stands still: a frame is the first moved sideways, or the first itself
@@ -109,6 +114,26 @@ def test_training_runs_every_stage_and_the_result_loads(tmp_path: Path) -> None:
         ),
     )
     assert frames.shape == (8, 3, 64, 64)
+
+
+def weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    parts = ("vae", "unet", "text_encoder")
+    return {
+        f"{part}.{name}": p.detach().clone() for part in parts for name, p in getattr(pipe, part).named_parameters()
+    }
+
+
+def test_tuning_on_groups_changes_the_image_model_only_and_is_not_redone(tmp_path: Path) -> None:
+    settings = WorldTrainingSettings(stills=64, clips=4, autoencoder_steps=2, image_steps=2, motion_steps=2)
+    pipe, _ = train_world_model(tmp_path / "run", settings)
+    trained = weights(pipe)
+    tuning = GroupTuningSettings(stills=32, steps=3)
+    tuned = weights(tune_on_groups(tmp_path / "tune", pipe, tuning))
+    changed = {name.split(".")[0] for name, weight in trained.items() if not torch.equal(weight, tuned[name])}
+    assert changed == {"unet", "text_encoder"}  # the autoencoder (and the motion module) are kept
+    again, _ = train_world_model(tmp_path / "run", settings)  # every stage finished: loaded, not redone
+    reloaded = weights(tune_on_groups(tmp_path / "tune", again, tuning))
+    assert all(torch.equal(reloaded[name], weight) for name, weight in tuned.items())
 
 
 def test_shipped_model_fits_the_size_budget() -> None:

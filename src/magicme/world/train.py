@@ -2,9 +2,11 @@
 
 Three stages, each a folder of the run: the autoencoder on stills; the image model (text
 encoder and UNet, from scratch) on captioned stills of the base identities; then the
-motion module on clips with the image model frozen. Every stage goes through `fit`, which
-checkpoints its trainable weights, their EMA, the optimizer and the generator, so a killed
-run continues bit for bit; a finished stage is never redone.
+motion module on clips with the image model frozen. `tune_on_groups` then fine-tunes a
+trained model's image model on stills of which a share show groups, as SD checkpoints are
+fine-tuned: the motion module, trained on the image model it started from, is kept. Every
+stage goes through `fit`, which checkpoints its trainable weights, their EMA, the optimizer
+and the generator, so a killed run continues bit for bit; a finished stage is never redone.
 """
 
 import math
@@ -62,11 +64,32 @@ class WorldTrainingSettings:
     checkpoint_every: int = 250
 
 
-def render_stills(count: int, seed: int, group_share: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+@dataclass
+class GroupTuningSettings:
+    """Fine-tuning a trained world model's image model on stills of which `group_share` show groups."""
+
+    seed: int = 0
+    stills: int = 8000
+    group_share: float = 0.3  # the rest are single people, as in training, so they are not forgotten
+    # Two people close up fill the frame as one person close up does: tuned on both, the model drew
+    # two halves for one identity's close-up (README, Several identities in one clip).
+    close_groups: bool = False
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    caption_dropout: float = 0.1
+    noise_offset: float = 0.05
+    checkpoint_every: int = 250
+
+
+def render_stills(
+    count: int, seed: int, group_share: float = 0.0, close_groups: bool = True
+) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, S, S) uint8 stills of base identities at every distance and scene, and their captions.
 
     A `group_share` of them show a group (`render_group`), captioned left to right, so the model
-    can draw several people, each where the prompt names them. Of the others every third is
+    can draw several people, each where the prompt names them (two of them close up too, with
+    `close_groups`). Of the others every third is
     shown as the ID module shows a photo: augmented (zoomed out onto black, or in) and captioned
     as it captions one ("zoomed in photo of a red haired person"), the traits standing where its
     tokens go. So the model knows the augmentation's words, as SD does, and learned tokens need
@@ -76,7 +99,7 @@ def render_stills(count: int, seed: int, group_share: float = 0.0) -> tuple[torc
     generator = torch.Generator().manual_seed(seed)
     for index in range(count):
         if group_share and pick.random() < group_share:  # no draw without groups: the same data as before
-            people, scene, distance, scene_seed = _random_group(pick)
+            people, scene, distance, scene_seed = _random_group(pick, close_groups)
             group = scenes.render_group(people, scene, SIZE, distance, scene_seed, wording=wording)
             images.append(np.asarray(group.image))
             captions.append(group.caption)
@@ -98,13 +121,14 @@ def render_stills(count: int, seed: int, group_share: float = 0.0) -> tuple[torc
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
 
 
-def _random_group(pick: random.Random) -> tuple[list[scenes.Character], str, str, int]:
+def _random_group(pick: random.Random, close_groups: bool = True) -> tuple[list[scenes.Character], str, str, int]:
     """Two (or, a third of the time, three) different base identities, a scene, a distance and a seed:
-    two stand at medium range or close up, three at medium range (closer, they would not fit)."""
+    two stand at medium range or, with `close_groups`, close up; three at medium range (closer, they
+    would not fit)."""
     count = 3 if pick.random() < 1 / 3 else 2
     people = [scenes.character(i) for i in pick.sample(range(scenes.BASE_IDENTITIES), count)]
     scene = pick.choice(list(scenes.SCENES))
-    distance = "medium" if count == 3 else pick.choice(["medium", "close"])
+    distance = "medium" if count == 3 or not close_groups else pick.choice(["medium", "close"])
     return people, scene, distance, pick.randrange(2**30)
 
 
@@ -201,7 +225,7 @@ def diffusion_loss(
     scheduler: DDPMScheduler,
     latents: tuple[torch.Tensor, torch.Tensor],
     conditions: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    settings: WorldTrainingSettings,
+    noise_offset: float,
     batch_size: int,
 ) -> Loss:
     """Epsilon-prediction loss on latents drawn from their posteriors, with noise offset."""
@@ -211,7 +235,7 @@ def diffusion_loss(
         index = _pick(len(mean), batch_size, generator)
         sample = mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
         noise = torch.randn(sample.shape, generator=generator)
-        noise += settings.noise_offset * torch.randn(*sample.shape[:2], *[1] * (sample.dim() - 2), generator=generator)
+        noise += noise_offset * torch.randn(*sample.shape[:2], *[1] * (sample.dim() - 2), generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = scheduler.add_noise(sample, noise, timesteps)
         return nn.functional.mse_loss(denoiser(noisy, timesteps, conditions(index, generator)), noise)
@@ -220,7 +244,11 @@ def diffusion_loss(
 
 
 def trained(
-    folder: Path, model: nn.Module, make_loss: Callable[[], Loss], steps: int, settings: WorldTrainingSettings
+    folder: Path,
+    model: nn.Module,
+    make_loss: Callable[[], Loss],
+    steps: int,
+    settings: "WorldTrainingSettings | GroupTuningSettings",
 ) -> nn.Module:
     """A stage's weights: from `folder/final.safetensors` when the stage has finished, else by `fit`."""
     final = folder / "final.safetensors"
@@ -249,21 +277,16 @@ def train_world_model(run_dir: Path, settings: WorldTrainingSettings) -> tuple[S
     unit = vae.config.scaling_factor / encode(vae, stills[:2000])[0].std().item()  # SD measured its 0.18215 so
     vae.register_to_config(scaling_factor=unit)  # the same way: scaled latents have unit variance
     # 2. The image model (text encoder and UNet), on captioned stills.
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     image_model = nn.ModuleDict({"text_encoder": pipe.text_encoder, "unet": pipe.unet})
-    still_ids = token_ids(pipe, still_captions)
-    empty = token_ids(pipe, [""])
-
-    def still_conditions(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        dropped = torch.rand(len(index), generator=generator) < settings.caption_dropout
-        return pipe.text_encoder(torch.where(dropped[:, None], empty, still_ids[index]))[0]
-
-    def image_loss() -> Loss:
-        denoiser = lambda noisy, t, text: pipe.unet(noisy, t, text).sample  # noqa: E731
-        return diffusion_loss(denoiser, scheduler, encode(vae, stills), still_conditions, settings, settings.batch_size)
-
-    trained(run_dir / "image", image_model, image_loss, settings.image_steps, settings)
+    trained(
+        run_dir / "image",
+        image_model,
+        lambda: image_loss(pipe, stills, still_captions, settings),
+        settings.image_steps,
+        settings,
+    )
     image_model.requires_grad_(False)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     # 3. The motion module, on clips, with the image model frozen.
     motion_unet = UNetMotionModel.from_unet2d(pipe.unet, adapter)
     motion_unet.freeze_unet2d_params()
@@ -280,12 +303,52 @@ def train_world_model(run_dir: Path, settings: WorldTrainingSettings) -> tuple[S
         as_video = lambda x: x.unflatten(0, (len(clips), FRAMES)).transpose(1, 2)  # noqa: E731  (N, C, F, h, w)
         denoiser = lambda noisy, t, text: motion_unet(noisy, t, text).sample  # noqa: E731
         batch = max(1, settings.batch_size // FRAMES)
-        return diffusion_loss(denoiser, scheduler, (as_video(mean), as_video(std)), clip_conditions, settings, batch)
+        video_latents = (as_video(mean), as_video(std))
+        return diffusion_loss(denoiser, scheduler, video_latents, clip_conditions, settings.noise_offset, batch)
 
     trained(run_dir / "motion", motion_unet, motion_loss, settings.motion_steps, settings)
     motion_state = {k: v for k, v in motion_unet.state_dict().items() if "motion_modules" in k}
     adapter.load_state_dict(motion_state)
     return pipe, adapter
+
+
+def image_loss(
+    pipe: StableDiffusionPipeline,
+    stills: torch.Tensor,
+    captions: list[str],
+    settings: "WorldTrainingSettings | GroupTuningSettings",
+) -> Loss:
+    """The image model's loss (text encoder and UNet) on captioned stills, a share of captions dropped."""
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    still_ids, empty = token_ids(pipe, captions), token_ids(pipe, [""])
+
+    def still_conditions(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        dropped = torch.rand(len(index), generator=generator) < settings.caption_dropout
+        return pipe.text_encoder(torch.where(dropped[:, None], empty, still_ids[index]))[0]
+
+    denoiser = lambda noisy, t, text: pipe.unet(noisy, t, text).sample  # noqa: E731
+    latents = encode(pipe.vae, stills)
+    return diffusion_loss(denoiser, scheduler, latents, still_conditions, settings.noise_offset, settings.batch_size)
+
+
+def tune_on_groups(
+    run_dir: Path, pipe: StableDiffusionPipeline, settings: GroupTuningSettings
+) -> StableDiffusionPipeline:
+    """Fine-tune a trained image model (text encoder and UNet) on stills of which a share show groups.
+
+    Why a fine-tune, not groups in training from scratch: trained together from scratch, the
+    groups took capacity from single people (README, Several identities in one clip). The
+    autoencoder is kept, so are the motion module and the learned identities' latents.
+    """
+    torch.manual_seed(settings.seed)
+    pipe.vae.requires_grad_(False)
+    stills, captions = render_stills(settings.stills, settings.seed + 3, settings.group_share, settings.close_groups)
+    image_model = nn.ModuleDict({"text_encoder": pipe.text_encoder, "unet": pipe.unet}).requires_grad_(True)
+    trained(
+        run_dir / "groups", image_model, lambda: image_loss(pipe, stills, captions, settings), settings.steps, settings
+    )
+    image_model.requires_grad_(False)
+    return pipe
 
 
 def token_ids(pipe: StableDiffusionPipeline, captions: list[str]) -> torch.Tensor:
