@@ -336,9 +336,9 @@ def tune_on_groups(
 ) -> StableDiffusionPipeline:
     """Fine-tune a trained image model (text encoder and UNet) on stills of which a share show groups.
 
-    Why a fine-tune, not groups in training from scratch: trained together from scratch, the
-    groups took capacity from single people (README, Several identities in one clip). The
-    autoencoder is kept, so are the motion module and the learned identities' latents.
+    Why a fine-tune, not groups in training from scratch: a model trained with groups from
+    scratch learned single identities less well (README, Several identities in one clip). The
+    autoencoder is kept, so latents and the motion module trained on them stay valid.
     """
     torch.manual_seed(settings.seed)
     pipe.vae.requires_grad_(False)
