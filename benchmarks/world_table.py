@@ -58,9 +58,12 @@ ID_MODULES = {  # name -> (tokens, masks); None: no identity at all
 }
 
 
-def learn(identity: int, photos: Path, tokens: int, masks: str, folder: Path, steps: int | None = None) -> Path:
-    """Train an identity the recipe's way (with `tokens` and `masks`); returns its file."""
-    changes = {"output_dir": str(folder), "num_tokens": tokens, "masks": masks, "checkpoint_every": 1000}
+def learn(
+    identity: int, photos: Path, tokens: int, masks: str, folder: Path, steps: int | None = None, **changes: object
+) -> Path:
+    """Train an identity the recipe's way (with `tokens` and `masks`, and any other `changes` to its
+    settings, such as another `base_model`); returns its file."""
+    changes |= {"output_dir": str(folder), "num_tokens": tokens, "masks": masks, "checkpoint_every": 1000}
     train_identity(RECIPE.training(photos, steps=steps or RECIPE.training_steps, **changes))
     return folder / f"{RECIPE.name}.safetensors"
 

@@ -126,3 +126,14 @@ def test_groups_benchmark_scores_both_prompts_on_the_same_noise_for_each_pair(tm
     for clip in record["clips"]:
         assert all(1 <= rank <= 40 for rank in clip["lineup_ranks"]) and 0 <= clip["swapped"] <= 1
     assert sum(record["wins"]["close"].values()) == 1 and "| medium | regional binding" in printed
+
+
+def test_singles_benchmark_films_each_identity_alone_at_both_framings(tmp_path: Path) -> None:
+    output = tmp_path / "singles.json"
+    command = [sys.executable, str(BENCHMARKS / "world_singles.py"), "--identities", "1", "--seeds", "1"]
+    command += ["--training-steps", "5", "--inference-steps", "5", "--output", str(output)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    clips = json.loads(output.read_text())["clips"]
+    assert [(clip["identity"], clip["framing"]) for clip in clips] == [(1000, "close"), (1000, "medium")]
+    assert all(1 <= clip["rank"] <= 40 and 0 <= clip["fidelity"] <= 1 for clip in clips)
+    assert "| close |" in printed and "| medium |" in printed

@@ -217,14 +217,18 @@ def test_the_cli_takes_regions_and_the_sidecar_records_the_layout(
 
 
 def test_face_vcd_refines_each_face_as_the_identity_of_its_region(
-    tiny_model, identity_file, bob_file, astronaut, tmp_path
+    tiny_model, identity_file, bob_file, astronaut, tmp_path, monkeypatch
 ) -> None:
     """Two astronauts side by side: with alice's region on the left only, her face is refined with her
-    prompt and the right face, in no region, is left; with both regions, both faces are refined."""
+    prompt and the right face, in no region, is left; with both regions, both faces are refined. No
+    denoiser without an identity is built: every face gets its identity's."""
     import numpy as np
 
     from magicme.cli import main
     from magicme.io.video import read_video, save_video
+    from magicme.v2v import jobs
+
+    monkeypatch.setattr(jobs, "load_denoiser", lambda *args: pytest.fail("a denoiser no face uses was built"))
 
     half = torch.from_numpy(np.array(astronaut.image.resize((256, 256)))).permute(2, 0, 1).float() / 255
     clip = save_video(torch.cat([half, half], dim=2)[None].repeat(4, 1, 1, 1), tmp_path / "two.mp4")
@@ -289,7 +293,7 @@ def test_tiles_go_to_their_own_denoisers_and_blend_as_before() -> None:
         return lambda clips, noise: calls.append(value) or torch.full_like(clips, value)
 
     dark, light = shade(0.0), shade(1.0)
-    chosen = denoise_tiled(frames, dark, noise, 32, 16, batch=4, denoiser_for=lambda p: dark if p[0] < 0.4 else light)
+    chosen = denoise_tiled(frames, None, noise, 32, 16, batch=4, denoiser_for=lambda p: dark if p[0] < 0.4 else light)
     assert chosen[..., :, :24].max() == 0 and chosen[..., :, 104:].min() == 1
     assert calls == [0.0, 1.0], "2 x 4 tiles: each denoiser's 4 tiles in one call"
     assert torch.equal(denoise_tiled(frames, dark, noise, 32, 16), denoise_tiled(frames, dark, noise, 32, 16, 3))

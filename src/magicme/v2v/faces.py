@@ -80,7 +80,7 @@ def feather_mask(side: int, feather: int) -> torch.Tensor:
 
 def refine_faces(
     frames: Frames,
-    denoise: Denoiser,
+    denoise: Denoiser | None,
     noise: NoiseSource,
     detector: FaceDetector = opencv_face_detector,
     crop_factor: float = 3.0,
@@ -95,7 +95,8 @@ def refine_faces(
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: re-noises and denoises a stack of crops (B, F, 3, guide_size, guide_size) with their noise.
+        denoise: re-noises and denoises a stack of crops (B, F, 3, guide_size, guide_size) with their
+            noise; None when `denoiser_for` picks every face's.
         noise: draws the clip's noise (`NoiseField.draw`); each face track's crop is re-noised
             with the next draw at `guide_size` (its crop of the frame is seen at another scale).
         detector: one RGB uint8 frame (H, W, 3) -> its face boxes (x, y, w, h).
@@ -113,6 +114,8 @@ def refine_faces(
     Returns:
         frames of the input's shape; nothing outside the face regions changes.
     """
+    if denoise is None and denoiser_for is None:
+        raise ValueError("refine_faces needs a denoiser or denoiser_for")
     height, width = frames.shape[-2:]
     tracks = link_tracks([detector(frame) for frame in to_uint8(frames)])
     if not tracks:

@@ -39,6 +39,13 @@ def load_denoiser(
     return make_denoiser(pipe, settings, source_prompt), noise_field_for(pipe, settings)
 
 
+def stage_noise(model: ModelSettings, settings: VideoToVideoSettings) -> NoiseField:
+    """The noise field of a stage whose faces or tiles each get their identities' denoiser, so it
+    needs no denoiser of its own; checks that the prompt says where the identities go."""
+    check_stage_settings(identity_free(settings))
+    return noise_field_for(shared_pipeline(model), settings)
+
+
 def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path, output: Path) -> Path:
     """Face VCD on the video at `source`, written to `output` with its sidecar."""
     check_video_path(output)
@@ -46,7 +53,7 @@ def refine_face_video(model: ModelSettings, settings: FaceSettings, source: Path
         started, frames = time.perf_counter(), read_video(source)
         layout = read_layout(settings.layout, settings.regions)
         several = layout is not None or bool(settings.references)
-        denoise, noise = load_denoiser(model, identity_free(settings) if several else settings)
+        denoise, noise = (None, stage_noise(model, settings)) if several else load_denoiser(model, settings)
         detector = face_detector(settings.detector)
         refined = refine_faces(
             frames,
@@ -74,7 +81,7 @@ def upscale_video(model: ModelSettings, settings: UpscaleSettings, source: Path,
             refined = upscale_and_sharpen(frames, settings)
         else:
             layout = read_layout(settings.layout, settings.regions)
-            denoise, noise = load_denoiser(model, settings if layout is None else identity_free(settings))
+            denoise, noise = load_denoiser(model, settings) if layout is None else (None, stage_noise(model, settings))
             per_tile = None if layout is None else tile_denoisers(model, settings, layout, frames.shape)
             refined = tiled_vcd(frames, denoise, noise.draw, settings, per_tile)
         sections = {"model": model, "upscale": settings}

@@ -56,7 +56,7 @@ def tile_weights(
 
 def denoise_tiled(
     frames: Frames,
-    denoise: Denoiser,
+    denoise: Denoiser | None,
     noise: Latents,
     tile: int = 512,
     overlap: int = 64,
@@ -67,7 +67,8 @@ def denoise_tiled(
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: re-noises and denoises a stack of tiles (B, F, 3, tile + overlap, tile + overlap) with their noise.
+        denoise: re-noises and denoises a stack of tiles (B, F, 3, tile + overlap, tile + overlap) with
+            their noise; None when `denoiser_for` picks every tile's.
         noise: the clip's one noise field, (1, C, F, H / s, W / s); each tile is re-noised with the
             crop of it under the tile, so overlapping tiles start from the same noise where they overlap.
         tile: each tile's share of the frame in pixels; `tile + overlap` must be a multiple of s.
@@ -80,6 +81,8 @@ def denoise_tiled(
     Returns:
         frames of the input's shape.
     """
+    if denoise is None and denoiser_for is None:
+        raise ValueError("denoise_tiled needs a denoiser or denoiser_for")
     scale = frames.shape[-1] // noise.shape[-1]
     tiles = tile_weights(*frames.shape[-2:], tile, overlap, align=scale)
     crops = [frames[..., rows, columns] for rows, columns, _ in tiles]
@@ -99,7 +102,7 @@ def denoise_tiled(
 
 def tiled_vcd(
     frames: Frames,
-    denoise: Denoiser,
+    denoise: Denoiser | None,
     noise: NoiseSource,
     settings: UpscaleSettings,
     denoiser_for: Callable[[Place], Denoiser] | None = None,
@@ -108,7 +111,8 @@ def tiled_vcd(
 
     Args:
         frames: the clip, (F, 3, H, W) floats in [0, 1].
-        denoise: the stage's denoiser (`make_denoiser` with the upscale settings).
+        denoise: the stage's denoiser (`make_denoiser` with the upscale settings); None when
+            `denoiser_for` picks every tile's.
         noise: draws the clip's noise field (`NoiseField.draw`), once, at the upscaled size.
         settings: factor, upscaler, tile, overlap, tiles per denoiser call and sharpening.
         denoiser_for: with several identities, each tile's denoiser from its place (see `denoise_tiled`).
