@@ -4,13 +4,15 @@
     python benchmarks/world_groups.py                  # the report split, at the recipe's framing
 
 Pairs of held-out identities, each learned alone from its five photos the recipe's way, then
-filmed together ("a close up photo of a <hero> person and a <friend> person on the snow"),
+filmed together at the recipe's framing ("a photo of a <hero> person and a <friend> person on the snow"),
 16 frames, several seeds, a scene per seed. Each clip is rendered twice from the same noise:
 with the prompt shared by both identities everywhere (`--layout shared`: magicme before
 regions, and every other SD-1.5 pipeline) and with regional binding (the automatic layout:
 <hero> left, <friend> right). `magicme.world.groups` scores each clip: each identity's lineup
 rank in its own region, the share of frames with both recognised in the right place, and the
-share with an identity recognised in the other's region (swapped).
+share with an identity recognised in the other's region (swapped). Against the shared prompt from
+the same noise it also counts the clips binding puts both in place in more frames (wins) and the
+identities it ranks better in their region (rank_changes, with the mean change and its standard error).
 Writes benchmarks/results-world-groups-SPLIT.json and prints the Markdown table.
 """
 
@@ -93,19 +95,42 @@ def table(clips: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(clips: list[dict]) -> list[tuple[dict, dict]]:
+    """Each bound clip with the shared-prompt clip made from the same noise: (shared, bound)."""
+    shared, bound = VARIANTS
+    by_key = {(str(c["pair"]), c["framing"], c["seed"], c["variant"]): c for c in clips}
+    return [(by_key[(p, f, s, shared)], clip) for (p, f, s, variant), clip in by_key.items() if variant == bound]
+
+
 def wins(clips: list[dict]) -> dict[str, dict[str, int]]:
     """Per framing: the clips in which binding puts both in place in more frames than the shared prompt
     does from the same noise, in as many, or in fewer."""
-    shared, bound = VARIANTS
-    both_right = {(str(c["pair"]), c["framing"], c["seed"], c["variant"]): c["both_right"] for c in clips}
     counts: dict[str, dict[str, int]] = {}
-    for (pair, framing, seed, variant), value in both_right.items():
-        if variant == bound:
-            other = both_right[(pair, framing, seed, shared)]
-            verdict = "wins" if value > other else "ties" if value == other else "loses"
-            tally = counts.setdefault(framing, {"wins": 0, "ties": 0, "loses": 0})
-            tally[verdict] += 1
+    for shared, bound in paired(clips):
+        value, other = bound["both_right"], shared["both_right"]
+        verdict = "wins" if value > other else "ties" if value == other else "loses"
+        tally = counts.setdefault(bound["framing"], {"wins": 0, "ties": 0, "loses": 0})
+        tally[verdict] += 1
     return counts
+
+
+def rank_changes(clips: list[dict]) -> dict[str, dict[str, float]]:
+    """Per framing: how binding moves each identity's rank in its own region against the shared prompt
+    from the same noise (negative: better), counted and as a mean with its standard error."""
+    changes: dict[str, list[int]] = {}
+    for shared, bound in paired(clips):
+        pairs = zip(bound["lineup_ranks"], shared["lineup_ranks"], strict=True)
+        changes.setdefault(bound["framing"], []).extend(mine - theirs for mine, theirs in pairs)
+    return {
+        framing: {
+            "better": sum(d < 0 for d in moved),
+            "worse": sum(d > 0 for d in moved),
+            "same": moved.count(0),
+            "mean change": statistics.mean(moved),
+            "standard error": statistics.stdev(moved) / len(moved) ** 0.5 if len(moved) > 1 else 0.0,
+        }
+        for framing, moved in changes.items()
+    }
 
 
 def main() -> None:
@@ -133,8 +158,9 @@ def main() -> None:
     text = table(clips)
     output = args.output or HERE / f"results-world-groups-{args.split}.json"
     model = str(args.model_dir or "the shipped world model")
-    minutes = write_record(output, started, split=args.split, model=model, pairs=pairs, clips=clips, wins=wins(clips))
-    print(f"{text}\n\nbinding against the shared prompt, clips: {wins(clips)}\n({minutes:.1f} min; {output})")
+    against = {"wins": wins(clips), "rank_changes": rank_changes(clips)}
+    minutes = write_record(output, started, split=args.split, model=model, pairs=pairs, clips=clips, **against)
+    print(f"{text}\n\nbinding against the shared prompt from the same noise: {against}\n({minutes:.1f} min; {output})")
 
 
 if __name__ == "__main__":

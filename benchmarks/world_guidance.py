@@ -7,7 +7,7 @@ a person with pale skin, ... on the snow"), at medium distance and close up, so 
 measures the model's own drawing, not an ID module. Per guidance scale: the identity
 similarity of the frames' faces to the identity's photos, the share of frames with a face
 found, and the lineup rank (where the instrument ranks the identity among the 40 held-out
-ones; 1: recognised, a clip with no face found counts as 20). The chosen scale is
+ones; 1: recognised, a clip with no face found counts as 40). The chosen scale is
 `magicme.world.recipe.RECIPE.guidance`. Writes benchmarks/results-world-guidance.json and prints
 the Markdown table.
 """

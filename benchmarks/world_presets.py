@@ -66,15 +66,15 @@ def measure_identity(
     stock_scheduler, instruments = pipe.scheduler, world_instruments()  # the scheduler the model ships with
     references = photo_embeddings(instruments, identity)
     for seed in range(seeds):
-        recipe = recipe.generation(recipe.prompt(scene), seed)
-        stock = {"prompt": recipe.prompt, "num_frames": recipe.num_frames, "height": recipe.height}
-        stock |= {"width": recipe.width, "num_inference_steps": recipe.num_inference_steps}
-        stock |= {"guidance_scale": recipe.guidance_scale, "output_type": "pt"}
+        video = recipe.generation(recipe.prompt(scene), seed)
+        stock = {"prompt": video.prompt, "num_frames": video.num_frames, "height": video.height}
+        stock |= {"width": video.width, "num_inference_steps": video.num_inference_steps}
+        stock |= {"guidance_scale": video.guidance_scale, "output_type": "pt"}
         pipe.scheduler = stock_scheduler
         _, seconds = timed(pipe, **stock)
         cells[STOCK]["seconds"].append(seconds)
         for sampler in SAMPLERS:
-            settings = recipe if sampler == SAMPLERS[0] else with_preset(recipe, sampler)
+            settings = video if sampler == SAMPLERS[0] else with_preset(video, sampler)
             frames, seconds = timed(generate, pipe, settings)
             faces = instruments.embed_faces(to_uint8(frames))
             cells[sampler]["seconds"].append(seconds)

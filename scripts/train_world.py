@@ -1,8 +1,10 @@
 """Train the miniature world's model (and its instruments) and write them into the package.
 
-The shipped weights in src/magicme/assets/world (the model, then the instruments) were made by exactly:
+The shipped weights in src/magicme/assets/world were made by exactly (this script trains the
+model, then the instruments; the second command tunes its image model on group scenes):
 
-    python scripts/train_world.py --seed 0
+    python scripts/train_world.py --seed 0 --out runs/world-model
+    python scripts/tune_world_groups.py --model runs/world-model --out src/magicme/assets/world
 
 Training is resumable: run the same command again after an interruption and it continues
 from the last checkpoint in --run-dir; finished stages are not redone.

@@ -3,7 +3,8 @@ the prompt names them; write the tuned model (with the instruments, unchanged) t
 
 Only the image model (text encoder and UNet) is tuned; the autoencoder and the motion module
 are the trained model's. Resumable like scripts/train_world.py: run the same command again
-after an interruption and it continues from the last checkpoint in --run-dir.
+after an interruption and it continues from the last checkpoint in --run-dir. The shipped model
+is this script's defaults applied to scripts/train_world.py's model (see that script).
 """
 
 import argparse
