@@ -11,7 +11,6 @@ from magicme.cli import main
 from magicme.io.video import read_video, save_video
 from magicme.world import scenes
 from magicme.world.demo import GROUP_STAGES, DemoSettings, GroupDemoSettings, run_demo, run_group_demo
-from magicme.world.recipe import RECIPE
 
 
 @pytest.fixture
@@ -137,7 +136,7 @@ def test_the_two_identity_demo_films_both_learned_identities_together(tmp_path: 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["identities"] == [1010, 1011] and [s["stage"] for s in metrics["stages"]] == [*GROUP_STAGES.values()]
     who = "a <hero> person and a <friend> person"
-    assert metrics["prompt"] == f"{scenes.DISTANCES[RECIPE.group_framing][0]} {who} {scenes.where(metrics['scene'])}"
+    assert metrics["prompt"] == f"a photo of {who} {scenes.where(metrics['scene'])}"  # medium range
     bound = json.loads((tmp_path / "generation.json").read_text())["record"]["layout"]
     assert (bound["hero"], bound["friend"]) == (
         {"track": {"0": [0.0, 0.0, 0.5, 1.0]}},
