@@ -37,7 +37,22 @@ from magicme.world.model import world_model_paths
 from magicme.world.recipe import RECIPE, WorldRecipe, choosing_split, reporting_split
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {"shared prompt (no regions)": SHARED, "regional binding (automatic layout)": ""}
+SHARED_PROMPT = "shared prompt (no regions)"
+
+
+def variants(starts: list[float]) -> dict[str, dict[str, object]]:
+    """Each way of filming a pair, as changes to the recipe's generation settings: the shared prompt,
+    and regional binding from each start (the share of sampling steps that read the whole prompt first)."""
+    bound = {
+        f"regional binding{f' from {start:.0%} of the steps' if start else ''} (automatic layout)": {
+            "layout": "",
+            "binding_start": start,
+        }
+        for start in starts
+    }
+    return {SHARED_PROMPT: {"layout": SHARED}} | bound
+
+
 SPLITS = {"choose": (choosing_split, 10, ("close", "medium")), "report": (reporting_split, 12, None)}
 
 
@@ -57,6 +72,7 @@ def measure_pair(
     seeds: list[int],
     work: Path,
     model_dir: Path | None,
+    ways: dict[str, dict[str, object]],
 ) -> list[dict]:
     """Every clip of one pair: per framing, seed and variant, the clip's three figures."""
     base, motion = world_model_paths(model_dir)
@@ -68,8 +84,8 @@ def measure_pair(
         for seed in seeds:
             scene = list(scenes.SCENES)[(pair[0] + seed) % len(scenes.SCENES)]
             prompt = recipe.group_prompt(scene, distance=framing)
-            for variant, layout in VARIANTS.items():
-                frames = generate(pipe, recipe.generation(prompt, seed, layout=layout))
+            for variant, changes in ways.items():
+                frames = generate(pipe, recipe.group_generation(prompt, seed, **changes))
                 score = score_group(list(to_uint8(frames)), list(pair))
                 clips.append({"pair": pair, "framing": framing, "seed": seed, "variant": variant} | score.record())
     return clips
@@ -87,7 +103,7 @@ def table(clips: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for framing in dict.fromkeys(clip["framing"] for clip in clips):
-        for variant in VARIANTS:
+        for variant in dict.fromkeys(clip["variant"] for clip in clips):
             mine = [clip for clip in clips if clip["framing"] == framing and clip["variant"] == variant]
             ranks = [rank for clip in mine for rank in clip["lineup_ranks"]]
             right, swapped = ([clip[key] for clip in mine] for key in ("both_right", "swapped"))
@@ -97,39 +113,39 @@ def table(clips: list[dict]) -> str:
 
 def paired(clips: list[dict]) -> list[tuple[dict, dict]]:
     """Each bound clip with the shared-prompt clip made from the same noise: (shared, bound)."""
-    shared, bound = VARIANTS
-    by_key = {(str(c["pair"]), c["framing"], c["seed"], c["variant"]): c for c in clips}
-    return [(by_key[(p, f, s, shared)], clip) for (p, f, s, variant), clip in by_key.items() if variant == bound]
+    shared = {(str(c["pair"]), c["framing"], c["seed"]): c for c in clips if c["variant"] == SHARED_PROMPT}
+    return [(shared[(str(c["pair"]), c["framing"], c["seed"])], c) for c in clips if c["variant"] != SHARED_PROMPT]
 
 
-def wins(clips: list[dict]) -> dict[str, dict[str, int]]:
-    """Per framing: the clips in which binding puts both in place in more frames than the shared prompt
-    does from the same noise, in as many, or in fewer."""
-    counts: dict[str, dict[str, int]] = {}
+def wins(clips: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per framing and way of binding: the clips in which it puts both in place in more frames than the
+    shared prompt does from the same noise, in as many, or in fewer."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
     for shared, bound in paired(clips):
         value, other = bound["both_right"], shared["both_right"]
         verdict = "wins" if value > other else "ties" if value == other else "loses"
-        tally = counts.setdefault(bound["framing"], {"wins": 0, "ties": 0, "loses": 0})
+        tally = counts.setdefault(bound["framing"], {}).setdefault(bound["variant"], {"wins": 0, "ties": 0, "loses": 0})
         tally[verdict] += 1
     return counts
 
 
-def rank_changes(clips: list[dict]) -> dict[str, dict[str, float]]:
-    """Per framing: how binding moves each identity's rank in its own region against the shared prompt
-    from the same noise (negative: better), counted and as a mean with its standard error."""
-    changes: dict[str, list[int]] = {}
+def rank_changes(clips: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per framing and way of binding: how it moves each identity's rank in its own region against the
+    shared prompt from the same noise (negative: better), counted and as a mean with its standard error."""
+    changes: dict[str, dict[str, list[int]]] = {}
     for shared, bound in paired(clips):
         pairs = zip(bound["lineup_ranks"], shared["lineup_ranks"], strict=True)
-        changes.setdefault(bound["framing"], []).extend(mine - theirs for mine, theirs in pairs)
+        changes.setdefault(bound["framing"], {}).setdefault(bound["variant"], []).extend(a - b for a, b in pairs)
+    return {framing: {variant: _moves(moved) for variant, moved in ways.items()} for framing, ways in changes.items()}
+
+
+def _moves(moved: list[int]) -> dict[str, float]:
     return {
-        framing: {
-            "better": sum(d < 0 for d in moved),
-            "worse": sum(d > 0 for d in moved),
-            "same": moved.count(0),
-            "mean change": statistics.mean(moved),
-            "standard error": statistics.stdev(moved) / len(moved) ** 0.5 if len(moved) > 1 else 0.0,
-        }
-        for framing, moved in changes.items()
+        "better": sum(d < 0 for d in moved),
+        "worse": sum(d > 0 for d in moved),
+        "same": moved.count(0),
+        "mean change": statistics.mean(moved),
+        "standard error": statistics.stdev(moved) / len(moved) ** 0.5 if len(moved) > 1 else 0.0,
     }
 
 
@@ -142,6 +158,16 @@ def main() -> None:
     parser.add_argument(
         "--model-dir", type=Path, help="a world model folder (base/, motion_adapter/); default: shipped"
     )
+    parser.add_argument(
+        "--binding-starts",
+        type=float,
+        nargs="+",
+        default=[RECIPE.binding_start],
+        help="film the pair bound from each of these shares of the sampling steps (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--framings", nargs="+", choices=scenes.DISTANCES, help="default: both on the choose split, else the recipe's"
+    )
     parser.add_argument("--output", type=Path)
     add_steps_option(parser)
     args = parser.parse_args()
@@ -152,8 +178,9 @@ def main() -> None:
     started, clips = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as folder:
         for pair in pairs:
-            framing = framings or (recipe.group_framing,)
-            clips += measure_pair(recipe, pair, framing, list(range(args.seeds)), Path(folder), args.model_dir)
+            framing = args.framings or framings or (recipe.group_framing,)
+            ways = variants(args.binding_starts)
+            clips += measure_pair(recipe, pair, framing, list(range(args.seeds)), Path(folder), args.model_dir, ways)
             print(f"pair {pair}: {len(clips)} clips so far", flush=True)
     text = table(clips)
     output = args.output or HERE / f"results-world-groups-{args.split}.json"

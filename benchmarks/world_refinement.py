@@ -17,7 +17,6 @@ benchmarks/results-world-refinement-SPLIT.json and prints the Markdown tables.
 """
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -147,7 +146,7 @@ def main() -> None:
     pick, whole = split[args.split]
     identities = pick(args.identities or len(whole))
     output = args.output or HERE / f"results-world-refinement-{args.split}.json"
-    recorded = json.loads(json.dumps(dataclasses.asdict(recipe)))  # as the results file holds it
+    recorded = json.loads(json.dumps(recipe.one_identity_record()))  # as the results file holds it
     results, earlier_minutes = earlier_results(output, args.split, recorded) if args.resume else ({}, 0.0)
     started = time.perf_counter() - 60 * earlier_minutes
     with tempfile.TemporaryDirectory() as work:

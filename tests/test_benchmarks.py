@@ -116,18 +116,22 @@ def test_regions_benchmark_times_binding_against_the_shared_prompt_and_stock(tmp
     assert results["bound_per_step_ratio_to_shared"] > 0
 
 
-def test_groups_benchmark_scores_both_prompts_on_the_same_noise_for_each_pair(tmp_path: Path) -> None:
-    """The figures live in the README; here that each clip is scored for both prompts, in range."""
+def test_groups_benchmark_scores_each_way_of_filming_on_the_same_noise_for_each_pair(tmp_path: Path) -> None:
+    """The figures live in the README; here that each clip is scored for the shared prompt and each
+    binding start, in range, and compared with the shared prompt from the same noise."""
     output = tmp_path / "groups.json"
     command = [sys.executable, str(BENCHMARKS / "world_groups.py"), "--split", "choose", "--pairs", "1"]
     command += ["--seeds", "1", "--training-steps", "5", "--inference-steps", "5", "--output", str(output)]
+    command += ["--framings", "medium", "--binding-starts", "0", "0.4"]
     printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     record = json.loads(output.read_text())
-    assert record["pairs"] == [[1000, 1001]] and len(record["clips"]) == 2 * 2  # 2 framings x 2 prompts
+    assert record["pairs"] == [[1000, 1001]] and len(record["clips"]) == 3  # the shared prompt, bound from 2 starts
     for clip in record["clips"]:
         assert all(1 <= rank <= 40 for rank in clip["lineup_ranks"]) and 0 <= clip["swapped"] <= 1
-    assert sum(record["wins"]["close"].values()) == 1 and "| medium | regional binding" in printed
-    moved = record["rank_changes"]["medium"]
+    bound = ["regional binding (automatic layout)", "regional binding from 40% of the steps (automatic layout)"]
+    assert list(record["wins"]["medium"]) == bound and all(f"| medium | {way} |" in printed for way in bound)
+    assert all(sum(record["wins"]["medium"][way].values()) == 1 for way in bound)
+    moved = record["rank_changes"]["medium"][bound[1]]
     assert moved["better"] + moved["worse"] + moved["same"] == 2  # each identity of the pair, one seed
 
 

@@ -3,6 +3,7 @@ and T2V with several identities."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,22 +39,21 @@ def two_pipe(tiny_model, identity_file: Path, bob_file: Path):
 
 def test_an_identitys_tokens_get_no_attention_outside_its_region() -> None:
     """Changing only the region's text changes the output inside the region and leaves every pixel
-    outside it bit for bit; outside every region, and in the negative prompt's rows, the processor
-    attends as diffusers' does."""
+    outside it bit for bit; outside every region the prompt's rows read the prompt with no identity,
+    and the negative prompt's rows attend as diffusers' does."""
     torch.manual_seed(0)
     attn = Attention(query_dim=32, cross_attention_dim=16, heads=2, dim_head=16).eval()
     frames, height, width, tokens = 3, 4, 6, 8
     left = torch.zeros(frames, height, width, dtype=torch.bool)
     left[:, :, :3] = True
-    own = torch.randn(1, tokens, 16)
-    processor = RegionalCrossAttention(Binding([own], [left], guided=True))
+    own, nobody = torch.randn(1, tokens, 16), torch.randn(1, tokens, 16)
     pixels = torch.randn(2 * frames, height * width, 32)
     text = torch.randn(2 * frames, tokens, 16)
     with torch.no_grad():
-        before = processor(attn, pixels, text)
-        processor.binding.texts = [own + torch.randn_like(own)]
-        after = processor(attn, pixels, text)
-        stock = AttnProcessor2_0()(attn, pixels, text)
+        before = RegionalCrossAttention(Binding([own], [left], nobody, guided=True))(attn, pixels, text)
+        changed = Binding([own + torch.randn_like(own)], [left], nobody, guided=True)
+        after = RegionalCrossAttention(changed)(attn, pixels, text)
+        stock = AttnProcessor2_0()(attn, pixels, torch.cat([text[:frames], nobody.expand(frames, -1, -1)]))
     inside = left.flatten(1).repeat(2, 1)  # (rows, pixels)
     inside[:frames] = False  # the negative prompt's rows: nothing changed there
     assert torch.equal(before[~inside], after[~inside]), "the identity reached a pixel outside its region"
@@ -61,14 +61,32 @@ def test_an_identitys_tokens_get_no_attention_outside_its_region() -> None:
     assert torch.allclose(before[~inside], stock[~inside], atol=1e-6), "outside the region: as diffusers attends"
 
 
+def test_before_binding_starts_every_pixel_reads_the_whole_prompt() -> None:
+    """With `start` 0.5 of 4 steps: the first two steps attend as diffusers does, the last two are
+    bound, and the next FreeInit pass starts unbound again."""
+    attn = Attention(query_dim=8, cross_attention_dim=8, heads=1, dim_head=8).eval()
+    full = torch.ones(1, 2, 2, dtype=torch.bool)
+    binding = Binding([torch.randn(1, 4, 8)], [full], torch.randn(1, 4, 8), guided=False, start=0.5)
+    pixels, text = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=torch.arange(4)))
+    processor = RegionalCrossAttention(binding)
+    with torch.no_grad():
+        stock = AttnProcessor2_0()(attn, pixels, text)
+        bound = []
+        for step in range(8):  # two passes of four steps
+            bound.append(not torch.allclose(processor(attn, pixels, text), stock, atol=1e-6))
+            assert binding.step_done(pipe, step % 4, None, {}) == {}
+    assert bound == [False, False, True, True] * 2
+
+
 def test_regions_sharing_pixels_each_give_them_half() -> None:
     attn = Attention(query_dim=8, cross_attention_dim=8, heads=1, dim_head=8).eval()
     full = torch.ones(1, 2, 2, dtype=torch.bool)
-    texts = [torch.randn(1, 4, 8), torch.randn(1, 4, 8)]
+    texts, nobody = [torch.randn(1, 4, 8), torch.randn(1, 4, 8)], torch.randn(1, 4, 8)
     pixels, text = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
     with torch.no_grad():
-        both = RegionalCrossAttention(Binding(texts, [full, full], guided=False))(attn, pixels, text)
-        alone = [RegionalCrossAttention(Binding([t], [full], guided=False))(attn, pixels, text) for t in texts]
+        both = RegionalCrossAttention(Binding(texts, [full, full], nobody, guided=False))(attn, pixels, text)
+        alone = [RegionalCrossAttention(Binding([t], [full], nobody, guided=False))(attn, pixels, text) for t in texts]
     assert torch.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
 
 
@@ -97,8 +115,8 @@ def test_two_identities_are_placed_side_by_side_each_region_with_its_own_prompt(
         ("alice", (0.0, 0.0, 0.5, 1.0)),
         ("bob", (0.5, 0.0, 1.0, 1.0)),
     ]
-    prompt, binding = bind_regions(two_pipe, settings, layout)
-    assert prompt == "a photo of woman and man"  # outside every region, no identity
+    binding = bind_regions(two_pipe, settings, layout)
+    assert torch.equal(binding.outside, two_pipe.encode_prompt("a photo of woman and man", "cpu", 1, False)[0])
     alone = ("a photo of <alice> woman and man", "a photo of woman and <bob> man")
     for text, words in zip(binding.texts, alone, strict=True):
         assert torch.equal(text, two_pipe.encode_prompt(words, "cpu", 1, False)[0])
@@ -112,6 +130,8 @@ def test_binding_changes_the_clip_and_leaves_the_unet_as_it_was(two_pipe) -> Non
     shared = generate(two_pipe, quick_settings(prompt=TWO, layout="shared"))
     assert not torch.equal(bound, shared)
     assert torch.equal(generate(two_pipe, quick_settings(prompt=TWO)), bound), "the same settings, the same clip"
+    later = generate(two_pipe, quick_settings(prompt=TWO, binding_start=0.5))
+    assert not torch.equal(later, bound) and not torch.equal(later, shared)
 
 
 @pytest.mark.parametrize(
@@ -121,6 +141,7 @@ def test_binding_changes_the_clip_and_leaves_the_unet_as_it_was(two_pipe) -> Non
         {"free_init": True, "free_init_iters": 2},
         {"free_noise_context": 8, "free_noise_stride": 2, "num_frames": 12, "free_noise": True},
         {"guidance_scale": 1.0},
+        {"binding_start": 0.5, "free_init": True, "free_init_iters": 2},
     ],
 )
 def test_binding_composes_with_the_pipelines_features(two_pipe, features: dict) -> None:
@@ -134,7 +155,7 @@ def test_a_region_prompt_is_added_and_bound_to_its_region(two_pipe, tmp_path: Pa
     tracks["bob"] = {"track": {"0": [0.5, 0, 1, 1], "7": [0.5, 0.25, 1, 0.75]}}
     layout_file.write_text(json.dumps(tracks))
     settings = quick_settings(prompt=TWO, layout=str(layout_file))
-    _, binding = bind_regions(two_pipe, settings, choose_layout(settings))
+    binding = bind_regions(two_pipe, settings, choose_layout(settings))
     alone = "a photo of <alice> woman and man, <alice> woman in a red coat"
     assert torch.equal(binding.texts[0], two_pipe.encode_prompt(alone, "cpu", 1, False)[0])
     assert binding.masks[1][0, 0, 4:].all() and not binding.masks[1][7, 0, 4:].any()  # bob's box moved down
@@ -163,6 +184,7 @@ def write_mask(path: Path, white: bool) -> str:
         ({"regions": ["alice=left"], "layout": "shared"}, "binds no identity"),
         ({"prompt": "0: <alice> woman and <bob> man | 4: <alice> and <bob> dancing"}, "prompt travel"),
         ({"regions": ["alice=left", "bob=0.5,0,0.51,0.1"]}, "smaller than one latent pixel"),
+        ({"binding_start": 1.0}, "for no binding at all use `layout: shared`"),
     ],
 )
 def test_bad_layouts_are_clear_errors(two_pipe, change: dict, words: str) -> None:

@@ -107,6 +107,11 @@ class GenerationSettings:
         "identity's tokens act everywhere. Default: a prompt naming several identities places them side by side",
         default="",
     )
+    binding_start: float = _help(
+        "the share of sampling steps, at the start, that read the whole prompt everywhere before each region "
+        "reads its own: the layout forms with every subject in it (0: bound from the first step)",
+        default=0.0,
+    )
 
 
 T = TypeVar("T")

@@ -40,6 +40,11 @@ def check_generation_settings(settings: GenerationSettings) -> None:
     if settings.num_frames < 1 or settings.num_inference_steps < 1:
         raise ValueError("num_frames and num_inference_steps must be at least 1")
     validate_gamma(settings.gamma)
+    if not 0 <= settings.binding_start < 1:
+        raise SettingError(
+            "binding_start",
+            f"must be in [0, 1), got {settings.binding_start}; for no binding at all use `layout: {SHARED}`",
+        )
 
 
 def check_frame_limit(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> None:
@@ -98,21 +103,25 @@ def initial_latents(pipe: AnimateDiffPipeline, settings: GenerationSettings, gen
     )
 
 
-def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout) -> tuple[str, Binding]:
-    """The clip's prompt with no identity in it (what pixels outside every region read), and each
-    region's own prompt, encoded alone."""
+def bind_regions(pipe: AnimateDiffPipeline, settings: GenerationSettings, layout: Layout) -> Binding:
+    """Each region's own prompt, encoded alone, and the clip's prompt with no identity in it (what
+    pixels outside every region read)."""
     latent = (settings.height // pipe.vae_scale_factor, settings.width // pipe.vae_scale_factor)
     masks = layout.masks(settings.num_frames, *latent)
     check_layout(layout, identities_named(settings.prompt), masks)
     prompt, loaded = lowercase_placeholders(settings.prompt), loaded_identity_names(pipe)
+
+    def encode(text: str) -> torch.Tensor:
+        check_prompt_fits(pipe, text)
+        return pipe.encode_prompt(text, pipe._execution_device, 1, do_classifier_free_guidance=False)[0]
+
     texts = []
     for region in layout.regions:
         check_placeholders(region.prompt, loaded)
-        text = region_prompt(prompt, region.name, lowercase_placeholders(region.prompt))
-        check_prompt_fits(pipe, text)
-        texts.append(pipe.encode_prompt(text, pipe._execution_device, 1, do_classifier_free_guidance=False)[0])
-    nobody = region_prompt(prompt, "")  # every identity deleted
-    return nobody, Binding(texts, list(masks.values()), guided=settings.guidance_scale > 1)
+        texts.append(encode(region_prompt(prompt, region.name, lowercase_placeholders(region.prompt))))
+    nobody = encode(region_prompt(prompt, ""))  # every identity deleted
+    guided = settings.guidance_scale > 1
+    return Binding(texts, list(masks.values()), nobody, guided, start=settings.binding_start)
 
 
 def generate(pipe: AnimateDiffPipeline, settings: GenerationSettings) -> Frames:
@@ -147,7 +156,7 @@ def generate_in_layout(pipe: AnimateDiffPipeline, settings: GenerationSettings, 
             raise SettingError(
                 "regions", f"regions do not work with prompt travel yet; use one prompt, or `layout: {SHARED}`"
             )
-        prompt, binding = bind_regions(pipe, settings, layout)
+        binding = bind_regions(pipe, settings, layout)
 
     # 3. Configure the sampler and optional features
     configure_pipeline(pipe, settings, travel=schedule is not None)
@@ -170,6 +179,7 @@ def generate_in_layout(pipe: AnimateDiffPipeline, settings: GenerationSettings, 
             latents=latents,
             decode_chunk_size=vae_chunk(pipe, settings.num_frames, settings.height, settings.width),
             output_type="pt",
+            callback_on_step_end=binding.step_done if binding else None,
         )
     frames = output.frames[0]  # (F, C, H, W)
     assert frames.shape == (settings.num_frames, 3, settings.height, settings.width), frames.shape

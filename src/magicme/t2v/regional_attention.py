@@ -9,6 +9,9 @@ prompt with the other identities' names deleted, see `region_prompt`); inside it
 UNet's text cross-attention attends to that text alone, and elsewhere to the clip's prompt with
 no identity in it. An identity's tokens thus get zero attention outside its region.
 
+Binding may start after the first steps of sampling (`Binding.start`): those read the whole prompt
+everywhere, so the clip's layout forms with every subject in it before each region is told who it holds.
+
 A diffusers attention processor for the spatial transformer blocks' text attention (not the
 motion modules, whose attention runs over frames). No weight changes and no fork of the UNet:
 it composes with the motion modules, FreeU (a change to the up blocks), FreeInit and FreeNoise
@@ -39,33 +42,52 @@ def region_prompt(prompt: str, name: str, own: str = "") -> str:
 
 @dataclass
 class Binding:
-    """Each region's own prompt, encoded alone, and where each region is."""
+    """Each region's own prompt, encoded alone, where each region is, and from which step on."""
 
     texts: list[torch.Tensor]  # per region: (1, tokens, width), its prompt's text-encoder states
     masks: list[torch.Tensor]  # per region: (frames, h, w) booleans at the latent resolution
+    outside: torch.Tensor  # (1, tokens, width): the clip's prompt with no identity, read outside every region
     guided: bool  # classifier-free guidance: the first half of the batch is the negative prompt
-    _weights: dict[tuple, torch.Tensor] = field(default_factory=dict)  # the same every step: made once per shape
+    start: float = 0.0  # the share of sampling steps, at the start, that read the whole prompt everywhere
+    active: bool = field(init=False)
+    _shares: dict[tuple, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)  # made once per shape
+
+    def __post_init__(self) -> None:
+        self.active = self.start == 0
 
     @property
     def frames(self) -> int:
         return self.masks[0].shape[0]
 
-    def weights(self, rows: int, queries: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(regions, rows, 1, queries, 1): each region's share of each pixel of the prompt's rows
-        (1 inside one region, split evenly where regions overlap, 0 outside)."""
-        shape = (rows, queries, dtype, device)
-        if shape not in self._weights:
-            self._weights[shape] = self._share(*shape)
-        return self._weights[shape]
+    def step_done(self, pipe: object, step: int, timestep: object, tensors: dict) -> dict:
+        """A diffusers `callback_on_step_end`: bind from the step `start` reaches on. The step after a
+        pass's last is the next pass's first (FreeInit samples several times)."""
+        steps = len(pipe.scheduler.timesteps)
+        self.active = (step + 1) % steps >= round(self.start * steps)
+        return {}
 
-    def _share(self, rows: int, queries: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def terms(
+        self, rows: int, queries: int, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each text the prompt's rows read, with its share of each of their pixels, (rows, 1, queries, 1):
+        a region's own text inside it (split evenly where regions overlap), `outside` where no region is."""
+        shape = (rows, queries, dtype, device)
+        if shape not in self._shares:
+            self._shares[shape] = self._share(*shape)
+        texts = [*self.texts, self.outside]
+        return [(share, texts[index]) for index, share in self._shares[shape]]
+
+    def _share(
+        self, rows: int, queries: int, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[int, torch.Tensor]]:
         if rows % self.frames:
             raise ValueError(f"regional binding: {rows} rows is not a whole number of {self.frames}-frame clips")
         height, width = layer_size(self.masks[0].shape[1:], queries)
         inside = torch.stack([_resize(mask, height, width) for mask in self.masks]).flatten(2).to(dtype)
-        share = inside / inside.sum(0).clamp(min=1)  # (regions, frames, queries)
-        share = share.repeat(1, rows // self.frames, 1)
-        return share[:, :, None, :, None].to(device)
+        covered = inside.sum(0, keepdim=True)  # (1, frames, queries)
+        shares = torch.cat([inside / covered.clamp(min=1), (covered == 0).to(dtype)])
+        shares = shares.repeat(1, rows // self.frames, 1)[:, :, None, :, None].to(device)
+        return [(index, share) for index, share in enumerate(shares) if share.any()]
 
 
 def layer_size(latent: tuple[int, int] | torch.Size, queries: int) -> tuple[int, int]:
@@ -121,16 +143,15 @@ class RegionalCrossAttention:
             return F.scaled_dot_product_attention(query, key, value)
 
         query = split(attn.to_q(hidden_states))
-        out = attend(query, encoder_hidden_states)
-        start = rows // 2 if self.binding.guided else 0  # the negative prompt's rows attend as they are
-        weights = self.binding.weights(rows - start, queries, out.dtype, out.device)
-        mine = query[start:]
-        regional = sum(
-            weight * attend(mine, text.to(out.dtype))  # a region's text is projected once, not per row
-            for weight, text in zip(weights, self.binding.texts, strict=True)
-        )
-        covered = weights.sum(0) > 0
-        out[start:] = torch.where(covered, regional, out[start:])
+        if not self.binding.active:
+            out = attend(query, encoder_hidden_states)
+        else:
+            start = rows // 2 if self.binding.guided else 0  # the negative prompt's rows attend as they are
+            terms = self.binding.terms(rows - start, queries, query.dtype, query.device)
+            # a region's text is projected once, not per row
+            out = sum(share * attend(query[start:], text.to(query.dtype)) for share, text in terms)
+            if start:
+                out = torch.cat([attend(query[:start], encoder_hidden_states[:start]), out])
         out = out.transpose(1, 2).reshape(rows, -1, attn.heads * head).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

@@ -172,7 +172,7 @@ def run_group_demo(output_dir: Path = Path("outputs/demo-2"), settings: GroupDem
     learned = {**model, "identities": [str(output_dir / name / "training" / f"{name}.safetensors") for name in names]}
     scene = new_scene(photo_scenes)
     prompt = recipe.group_prompt(scene, names)
-    generation = dataclasses.asdict(recipe.generation(prompt, settings.seed))
+    generation = dataclasses.asdict(recipe.group_generation(prompt, settings.seed))
     shared = generation | {"layout": "shared"}
     run_chain({"output_dir": str(output_dir / "shared"), "model": learned, "generation": shared}, "demo")
     upscale = dataclasses.asdict(recipe.chain_upscale(settings.seed))
