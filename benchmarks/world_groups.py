@@ -175,11 +175,11 @@ def main() -> None:
     pick, count, framings = SPLITS[args.split]
     identities = pick(2 * args.pairs if args.pairs else count)
     pairs = [tuple(identities[i : i + 2]) for i in range(0, len(identities), 2)]
+    framing = args.framings or framings or (recipe.group_framing,)
+    ways = variants(args.binding_starts)
     started, clips = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as folder:
         for pair in pairs:
-            framing = args.framings or framings or (recipe.group_framing,)
-            ways = variants(args.binding_starts)
             clips += measure_pair(recipe, pair, framing, list(range(args.seeds)), Path(folder), args.model_dir, ways)
             print(f"pair {pair}: {len(clips)} clips so far", flush=True)
     text = table(clips)
